@@ -1,0 +1,102 @@
+// Tile layout: the map between video tokens in (t, h, w) row-major order (optional prefix tokens
+// first) and tile order, per head.
+//
+// Tile order: prefix tiles first (prefix tokens in order, `volume` per tile, the last one ragged),
+// then video tiles in (tile_t, tile_h, tile_w) row-major order. Inside a tile its valid tokens come
+// first, in (t, h, w) row-major order, then padding slots up to `volume`. So a tile is described
+// by its valid-token count alone, and kernels mask slots >= tile_valid[tile].
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "veda/status.hpp"
+#include "veda/tensor.hpp"
+
+namespace veda {
+
+struct Grid {
+  int t = 0, h = 0, w = 0;
+  int64_t tokens() const { return int64_t(t) * h * w; }
+  std::string str() const;                          // "16x16x28"
+  static Result<Grid> parse(std::string_view text);  // "16x16x28"
+  bool operator==(const Grid&) const = default;
+};
+
+struct TileShape {
+  int t = 4, h = 4, w = 4;
+  int volume() const { return t * h * w; }
+  std::string str() const;                               // "4x4x4"
+  static Result<TileShape> parse(std::string_view text);  // "4x4x4"
+  bool operator==(const TileShape&) const = default;
+};
+
+inline constexpr int kDefaultTileVolume = 64;
+
+// One head's layout.
+class TileLayout {
+ public:
+  // Errors: empty grid, non-positive extents, volume not 64 or 128, negative prefix.
+  static Result<TileLayout> make(Grid grid, int prefix_tokens, TileShape shape);
+
+  Grid grid() const { return grid_; }
+  TileShape shape() const { return shape_; }
+  int prefix_tokens() const { return prefix_tokens_; }
+  int volume() const { return shape_.volume(); }
+  int num_prefix_tiles() const { return num_prefix_tiles_; }
+  int num_tiles() const { return int(tile_valid_.size()); }
+  std::array<int, 3> tiles_per_axis() const { return tiles_per_axis_; }  // video tiles along t,h,w
+  int64_t tokens() const { return prefix_tokens_ + grid_.tokens(); }
+  int64_t padded_tokens() const { return int64_t(num_tiles()) * volume(); }
+
+  const std::vector<int32_t>& tile_valid() const { return tile_valid_; }  // [num_tiles]
+  const std::vector<int32_t>& slot_token() const { return slot_token_; }  // [padded], -1 = pad
+  bool is_prefix_tile(int tile) const { return tile < num_prefix_tiles_; }
+  // Position of a video tile in the tile grid (t, h, w); {-1,-1,-1} for prefix tiles.
+  std::array<int, 3> tile_coords(int tile) const;
+
+ private:
+  Grid grid_;
+  TileShape shape_;
+  int prefix_tokens_ = 0;
+  int num_prefix_tiles_ = 0;
+  std::array<int, 3> tiles_per_axis_{};
+  std::vector<int32_t> tile_valid_;
+  std::vector<int32_t> slot_token_;
+};
+
+// The layouts of every head of one attention call. Heads may use different tile shapes of one
+// volume, so their tile counts can differ: tensors in tile order are sized by max_tiles(), and
+// a head's tiles beyond its own count are empty (valid 0).
+class HeadLayouts {
+ public:
+  // One shape per head (all the same volume).
+  static Result<HeadLayouts> make(Grid grid, int prefix_tokens,
+                                  const std::vector<TileShape>& per_head);
+  static Result<HeadLayouts> uniform(Grid grid, int prefix_tokens, int heads, TileShape shape);
+
+  int heads() const { return int(heads_.size()); }
+  const TileLayout& head(int h) const { return heads_.at(h); }
+  int volume() const { return heads_.front().volume(); }
+  int max_tiles() const { return max_tiles_; }
+  int64_t tokens() const { return heads_.front().tokens(); }
+  int64_t padded_tokens() const { return int64_t(max_tiles_) * volume(); }
+  // [heads][max_tiles] valid-token counts, 0 past a head's own tiles (the kernels' input).
+  const std::vector<int32_t>& valid_table() const { return valid_table_; }
+  int32_t valid(int h, int tile) const { return valid_table_[size_t(h) * max_tiles_ + tile]; }
+
+ private:
+  std::vector<TileLayout> heads_;
+  int max_tiles_ = 0;
+  std::vector<int32_t> valid_table_;
+};
+
+// x [B, H, N, D] in token order (any dtype) -> f32 [B, H, padded_tokens, D] in tile order,
+// padding slots zero. Errors on shape mismatch.
+Result<Tensor> gather_to_tiles(const Tensor& x, const HeadLayouts& layouts);
+// x [B, H, padded_tokens, D] (f32) in tile order -> f32 [B, H, N, D] in token order.
+Result<Tensor> scatter_from_tiles(const Tensor& x_tiled, const HeadLayouts& layouts);
+
+}  // namespace veda
