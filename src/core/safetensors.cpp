@@ -19,9 +19,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace veda {
 namespace {
@@ -369,8 +369,6 @@ Status write_safetensors(const std::string& path, const std::vector<NamedTensor>
 
 namespace {
 
-Result<Checkpoint> single_file_checkpoint(const std::string& path);
-
 // Reads `weight_map` {tensor name: shard file name} from an index; shard names are relative to
 // the index's directory.
 Result<std::map<std::string, std::string>> read_weight_map(const std::string& index_path) {
@@ -398,8 +396,6 @@ Result<std::map<std::string, std::string>> read_weight_map(const std::string& in
 
 }  // namespace
 
-// Friend-free construction: Checkpoint's members are private, so build through a local subclass
-// of nothing — instead we fill the object inside the class's own static function below.
 Result<Checkpoint> Checkpoint::open(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
