@@ -44,6 +44,7 @@ Status check_attention_params(const AttentionParams& p);
 
 // Tile-sparse (or dense, mask null) attention on the CPU: f32 arithmetic, multi-threaded.
 // Output rows of padding slots and of query tiles with no selected key tile are zero (lse -inf).
+// NaN/Inf inputs are not screened: they propagate visibly to the outputs they affect.
 Status attention_cpu(const AttentionParams& p);
 // Dense reference over every valid key with fp64 accumulation; ignores the mask.
 Status attention_reference(const AttentionParams& p);

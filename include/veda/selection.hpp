@@ -29,6 +29,9 @@ struct SelectionConfig {
 // Budget per query tile: k = clamp(round(density * existing key tiles), 1, existing key tiles).
 // Forced tiles count against the budget (if they alone exceed it, all are kept). Ties: higher
 // logit first, then lower tile index. Indices in each row are written ascending.
+// Tiles with logit -inf are never selected unless forced; a NaN or +inf logit of an existing
+// (query, key) pair is a numeric_error. Rows of query tiles that do not exist get count 0.
+// The mask's max_k is the largest budget (or forced count) over heads, not the largest count.
 Result<TileMask> select_tiles(const Tensor& logits, const HeadLayouts& layouts,
                               const SelectionConfig& config);
 

@@ -23,8 +23,8 @@ Result<std::array<int, 3>> parse_triple(std::string_view text, const char* what)
     int value = 0;
     auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), value);
     if (ec != std::errc() || ptr != part.data() + part.size() || part.empty() || value <= 0) {
-      return invalid_argument(fmt::format("bad {} '{}': expected TxHxW with positive integers",
-                                          what, text));
+      return invalid_argument(
+          fmt::format("bad {} '{}': expected TxHxW with positive integers", what, text));
     }
     out[i] = value;
     if (i == 2) return out;
@@ -68,8 +68,7 @@ Result<TileLayout> TileLayout::make(Grid grid, int prefix_tokens, TileShape shap
   }
   const int volume = shape.volume();
   const int64_t total = int64_t(prefix_tokens) + grid.tokens();
-  // Token ids are stored as int32; keep the padded size inside that range too.
-  if (total + int64_t(volume) * 4 > std::numeric_limits<int32_t>::max()) {
+  if (total > std::numeric_limits<int32_t>::max()) {  // slot_token holds int32 token ids
     return invalid_argument(fmt::format("{} tokens exceed the int32 token index range", total));
   }
 
@@ -148,8 +147,7 @@ Result<HeadLayouts> HeadLayouts::make(Grid grid, int prefix_tokens,
   return out;
 }
 
-Result<HeadLayouts> HeadLayouts::uniform(Grid grid, int prefix_tokens, int heads,
-                                         TileShape shape) {
+Result<HeadLayouts> HeadLayouts::uniform(Grid grid, int prefix_tokens, int heads, TileShape shape) {
   if (heads <= 0) return invalid_argument(fmt::format("heads must be positive, got {}", heads));
   return make(grid, prefix_tokens, std::vector<TileShape>(size_t(heads), shape));
 }
@@ -192,9 +190,9 @@ Result<Tensor> gather_to_tiles(const Tensor& x, const HeadLayouts& layouts) {
 Result<Tensor> scatter_from_tiles(const Tensor& x_tiled, const HeadLayouts& layouts) {
   if (x_tiled.rank() != 4 || x_tiled.dim(1) != layouts.heads() ||
       x_tiled.dim(2) != layouts.padded_tokens()) {
-    return invalid_argument(fmt::format(
-        "scatter_from_tiles: x is {}, expected [B, {}, {}, D]", shape_to_string(x_tiled.shape()),
-        layouts.heads(), layouts.padded_tokens()));
+    return invalid_argument(fmt::format("scatter_from_tiles: x is {}, expected [B, {}, {}, D]",
+                                        shape_to_string(x_tiled.shape()), layouts.heads(),
+                                        layouts.padded_tokens()));
   }
   const int64_t batch = x_tiled.dim(0), heads = x_tiled.dim(1), dim = x_tiled.dim(3);
   const int64_t padded = layouts.padded_tokens(), tokens = layouts.tokens();

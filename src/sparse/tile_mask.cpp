@@ -62,9 +62,9 @@ Status TileMask::validate(const HeadLayouts& layouts) const {
   }
   const size_t rows = size_t(batch) * heads * q_tiles;
   if (counts.size() != rows || indices.size() != rows * size_t(max_k)) {
-    return invalid_argument(fmt::format(
-        "TileMask holds {} counts and {} indices, expected {} and {}", counts.size(),
-        indices.size(), rows, rows * size_t(max_k)));
+    return invalid_argument(
+        fmt::format("TileMask holds {} counts and {} indices, expected {} and {}", counts.size(),
+                    indices.size(), rows, rows * size_t(max_k)));
   }
   for (int b = 0; b < batch; ++b) {
     for (int h = 0; h < heads; ++h) {
@@ -72,20 +72,22 @@ Status TileMask::validate(const HeadLayouts& layouts) const {
         const int32_t count = this->count(b, h, q);
         const int32_t* r = row(b, h, q);
         if (count < 0 || count > max_k) {
-          return invalid_argument(fmt::format("TileMask row (b={}, h={}, q={}): count {} not in "
-                                              "[0, {}]", b, h, q, count, max_k));
+          return invalid_argument(
+              fmt::format("TileMask row (b={}, h={}, q={}): count {} not in "
+                          "[0, {}]",
+                          b, h, q, count, max_k));
         }
         if (count > 0 && layouts.valid(h, q) == 0) {
           return invalid_argument(fmt::format(
-              "TileMask row (b={}, h={}, q={}): query tile does not exist but count is {}", b, h,
-              q, count));
+              "TileMask row (b={}, h={}, q={}): query tile does not exist but count is {}", b, h, q,
+              count));
         }
         for (int i = 0; i < count; ++i) {
           const int32_t k = r[i];
           if (k < 0 || k >= k_tiles || layouts.valid(h, k) == 0) {
-            return invalid_argument(fmt::format(
-                "TileMask row (b={}, h={}, q={}): index {} names no existing key tile", b, h, q,
-                k));
+            return invalid_argument(
+                fmt::format("TileMask row (b={}, h={}, q={}): index {} names no existing key tile",
+                            b, h, q, k));
           }
           if (i > 0 && k <= r[i - 1]) {
             return invalid_argument(fmt::format(

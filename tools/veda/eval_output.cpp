@@ -36,11 +36,19 @@ Result<EvalConfig> parse_eval_config(const std::string& densities, const std::st
   EvalConfig config;
   VEDA_ASSIGN_OR_RETURN(config.densities, parse_densities(densities));
   config.methods.clear();
+  config.veda = false;
   for (const std::string& name : split_csv(methods)) {
-    VEDA_ASSIGN_OR_RETURN(ScoreMethod m, parse_score_method(name));
-    config.methods.push_back(m);
+    // The Veda methods need a profile (EvalConfig::profile); the caller checks it is there.
+    if (name == "veda") {
+      config.veda = true;
+    } else if (name == "veda-shape" || name == "veda-fit") {
+      config.veda_ablations = true;
+    } else {
+      VEDA_ASSIGN_OR_RETURN(ScoreMethod m, parse_score_method(name));
+      config.methods.push_back(m);
+    }
   }
-  if (config.methods.empty()) return invalid_argument("no method given");
+  if (config.methods.empty() && !config.veda && !config.veda_ablations) return invalid_argument("no method given");
   VEDA_ASSIGN_OR_RETURN(config.tile, TileShape::parse(tile));
   VEDA_ASSIGN_OR_RETURN(config.mode, parse_select_mode(mode));
   return config;
@@ -54,6 +62,7 @@ nlohmann::json eval_rows_to_json(const std::vector<EvalRow>& rows) {
                    {"density", r.density},
                    {"actual_density", r.actual_density},
                    {"head", r.head < 0 ? nlohmann::json("all") : nlohmann::json(r.head)},
+                   {"tile", r.tile},
                    {"recall", r.recall},
                    {"rel_l2", r.rel_l2},
                    {"cosine", r.cosine},
@@ -64,12 +73,12 @@ nlohmann::json eval_rows_to_json(const std::vector<EvalRow>& rows) {
 }
 
 std::string eval_rows_to_table(const std::vector<EvalRow>& rows) {
-  Table table{{"method", "density", "actual", "head", "recall", "rel-L2", "cosine", "select ms",
+  Table table{{"method", "density", "actual", "head", "tile", "recall", "rel-L2", "cosine", "select ms",
                "attention ms"}};
   for (const EvalRow& r : rows) {
     table.rows.push_back({r.method, fmt::format("{:.3g}", r.density),
                           fmt::format("{:.4f}", r.actual_density),
-                          r.head < 0 ? "all" : std::to_string(r.head), fmt::format("{:.4f}", r.recall),
+                          r.head < 0 ? "all" : std::to_string(r.head), r.tile, fmt::format("{:.4f}", r.recall),
                           fmt::format("{:.3e}", r.rel_l2), fmt::format("{:.5f}", r.cosine),
                           fmt::format("{:.1f}", r.select_ms), fmt::format("{:.1f}", r.attention_ms)});
   }

@@ -1,0 +1,49 @@
+// Internal interface between the host code (attention_cuda.cpp, plain C++) and the kernel
+// translation unit (attention_kernels.cu): the device-side parameter block and the launchers.
+// No Status or fmt here: nvcc's front end and fmt's consteval format strings do not mix.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace veda::cuda {
+
+// Device-side view of AttentionParams (strides in elements). Built by attention_cuda.cu.
+struct FwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;  // optional [B][H][tokens]
+  int64_t q_bs, q_hs, q_rs;
+  int64_t k_bs, k_hs, k_rs;
+  int64_t v_bs, v_hs, v_rs;
+  int64_t o_bs, o_hs, o_rs;
+  int64_t tokens;        // padded tokens per (b, h) = num_tiles * tile_size
+  int heads;
+  int num_tiles;
+  int tile_size;         // 64 or 128
+  int subs;              // tile_size / 64: 64-row blocks per tile
+  int num_q_blocks;      // num_tiles * subs
+  int max_k;
+  const int32_t* tile_valid;    // [heads][num_tiles]
+  const int32_t* mask_counts;   // [B][H][num_tiles] or null (dense)
+  const int32_t* mask_indices;  // [B][H][num_tiles][max_k]
+  float scale;                  // softmax scale
+  float scale_log2;             // scale * log2(e)
+};
+
+enum class Elem { kF16, kBF16, kF32 };
+
+// Mma.sync kernel (any sm_80+ device). qb = 64-row query blocks per CTA (1 or 2).
+cudaError_t launch_attention_sm80(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
+                                  cudaStream_t stream);
+// Hopper wgmma kernel: available when this binary holds its sm_90a code and the current device
+// runs it (compute capability 9.0). qb as for sm80.
+bool sm90_kernel_available();
+cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
+                                  cudaStream_t stream);
+cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi);
+
+}  // namespace veda::cuda

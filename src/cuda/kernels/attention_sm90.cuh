@@ -1,0 +1,243 @@
+// Tile-skipping attention forward on Hopper warpgroup MMA (sm_90a: wgmma.mma_async).
+//
+// Algorithm: as the mma.sync kernel (FlashAttention-2 order, online softmax in registers), but
+// each 64-row query block is one warpgroup (4 warps, warp w owns rows 16w..16w+15) and the two
+// products are warpgroup MMAs: S[64x64] = Q K^T with both operands read from shared memory
+// (K-major), then O[64xD] += P V with P from registers (the f32 accumulator layout of S, rounded
+// to the input type, is the A-fragment layout) and V read N-major from shared memory (transposed
+// operand). QB warpgroups per CTA share one key list (QB = 2: the halves of a 128-token tile, or
+// neighbouring tiles in dense mode), so each K/V block is loaded once for 128 query rows.
+//
+// Data layout: q, k, v, o [B][H][padded tokens][D], D contiguous. Shared memory (1024-byte
+// aligned): Q [QB][D/64][64 rows][64], K and V [2 stages][D/64][64 rows][64]: column blocks of 64
+// elements (128-byte rows), 16-byte chunk c of row r stored at chunk c ^ (r & 7): the canonical
+// 128-byte-swizzle layout that wgmma descriptors name (stride 1024 bytes per 8 rows; for the
+// transposed V operand, 8192 bytes between 64-column blocks).
+//
+// Synchronisation: cp.async double buffer as in the mma.sync kernel (zero-filled padding rows).
+// cp.async writes through the generic proxy and wgmma reads through the async proxy, so every
+// thread fences (fence.proxy.async.shared::cta) after its copies land and before the CTA
+// barrier. Each wgmma batch is committed and waited for (wait_group 0) before its accumulators
+// are read; the stage a prefetch overwrites was last read by wgmmas that completed before the
+// barrier. Overlap comes from 2 CTAs per SM (one's softmax under the other's MMAs).
+#pragma once
+#include "attention_common.cuh"
+#include "wgmma_ops.cuh"
+
+namespace veda::cuda {
+
+template <int D, int kThreads>
+struct CopyPlan90 {
+  static constexpr int kChunks = D / 8;
+  static constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kRowStep % 8 == 0, "row step must keep (row & 7) fixed");
+  int row0, col;
+  uint32_t smem_off;
+  __device__ __forceinline__ CopyPlan90() {
+    const int t = threadIdx.x, c = t % kChunks;
+    row0 = t / kChunks;
+    col = c * 8;
+    smem_off = uint32_t((c >> 3) * 8192 + row0 * 128 + (((c & 7) ^ (row0 & 7)) << 4));
+  }
+  // kRows rows (a multiple of 64: 64-row groups are D*128 bytes apart), rows >= valid zero-filled.
+  template <int kRows, class T>
+  __device__ __forceinline__ void load(uint32_t smem_base, const T* rows, int64_t rs, int valid0,
+                                       int valid1) const {
+    const T* src = rows + row0 * rs + col;
+#pragma unroll
+    for (int i = 0; i < kRows / kRowStep; ++i) {
+      const int r = row0 + i * kRowStep;
+      const bool ok = (r & 63) < ((r >> 6) ? valid1 : valid0);
+      const uint32_t off = uint32_t((r >> 6) * D * 128 + (r & 63) * 128) - uint32_t(row0 * 128);
+      cp_async_16(smem_base + smem_off + off, ok ? src : rows, ok ? 16 : 0);
+      src += kRowStep * rs;
+    }
+  }
+};
+
+template <int D, int QB, class T>
+__global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
+    attention_fwd_sm90_kernel(const FwdParams p) {
+  constexpr int kThreads = 128 * QB;
+  constexpr int kRows = 64 * QB;
+  constexpr uint32_t kTileBytes = 64 * D * 2;  // one 64-row tile
+  extern __shared__ __align__(128) unsigned char smem_raw90[];
+  const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
+  const uint32_t sQ = base;
+  const uint32_t sK = sQ + QB * kTileBytes;  // [2][tile]
+  const uint32_t sV = sK + 2 * kTileBytes;   // [2][tile]
+  const CopyPlan90<D, kThreads> plan;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = warp >> 2;  // warpgroup = 64-row block of this CTA
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int first_qb = blockIdx.x * QB;
+  const int32_t* valid_h = p.tile_valid + int64_t(h) * p.num_tiles;
+
+  int q_valid[2] = {0, 0};
+#pragma unroll
+  for (int g = 0; g < QB; ++g) {
+    const int qb = first_qb + g;
+    if (qb < p.num_q_blocks) {
+      const int v = __ldg(valid_h + qb / p.subs) - (qb % p.subs) * 64;
+      q_valid[g] = v < 0 ? 0 : (v > 64 ? 64 : v);
+    }
+  }
+  const int my_qb = first_qb + group;
+  const int64_t q_row0 = int64_t(first_qb) * 64;
+
+  const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
+  const T* k_bh = static_cast<const T*>(p.k) + b * p.k_bs + h * p.k_hs;
+  const T* v_bh = static_cast<const T*>(p.v) + b * p.v_bs + h * p.v_hs;
+  T* o_bh = static_cast<T*>(p.o) + b * p.o_bs + h * p.o_hs;
+  float* lse_bh = p.lse ? p.lse + (int64_t(b) * p.heads + h) * p.tokens : nullptr;
+
+  const int q_tile = first_qb / p.subs;
+  const int32_t* row_indices = nullptr;
+  int count = p.num_tiles;
+  if (p.mask_counts) {
+    const int64_t r = (int64_t(b) * p.heads + h) * p.num_tiles + q_tile;
+    count = __ldg(p.mask_counts + r);
+    row_indices = p.mask_indices + r * p.max_k;
+  }
+  const int n_steps = count * p.subs;
+  KeyBlock kb{0, 0};
+  int j = (q_valid[0] + q_valid[1] > 0) ? next_key_step(p, row_indices, valid_h, 0, n_steps, kb)
+                                        : n_steps;
+
+  float acc[D / 2];  // O: [D/8 column groups][4]
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+
+  if (j < n_steps) {
+    plan.template load<kRows>(sQ, q_bh + q_row0 * p.q_rs, p.q_rs, q_valid[0], q_valid[1]);
+    plan.template load<64>(sK, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
+    plan.template load<64>(sV, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
+    cp_async_commit();
+
+    const uint32_t q_group = sQ + group * kTileBytes;
+    int stage = 0;
+    while (j < n_steps) {
+      const int cur_valid = kb.valid;
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      __syncthreads();
+      const int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, kb);
+      if (jn < n_steps) {
+        const uint32_t off = (stage ^ 1) * kTileBytes;
+        plan.template load<64>(sK + off, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
+        plan.template load<64>(sV + off, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
+      }
+      cp_async_commit();
+
+      const uint32_t k_stage = sK + stage * kTileBytes;
+      const uint32_t v_stage = sV + stage * kTileBytes;
+      // S = Q K^T: D/16 k-steps of m64n64k16.
+      float s[32];
+      fence_operands(s);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t koff = (kk >> 2) * 8192 + (kk & 3) * 32;
+        wgmma_ss<64, T>(s, smem_desc_128b(q_group + koff, 16, 1024),
+                        smem_desc_128b(k_stage + koff, 16, 1024), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(s);
+
+      if (cur_valid < 64) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = n * 8 + (lane & 3) * 2 + (e & 1);
+            if (col >= cur_valid) s[n * 4 + e] = -INFINITY;
+          }
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[n * 4 + 0], s[n * 4 + 1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[n * 4 + 2], s[n * 4 + 3]));
+      }
+      float neg_m[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float m_new = fmaxf(row_max[i], mx[i]);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = fast_exp2((row_max[i] - m_use) * p.scale_log2);
+        row_max[i] = m_new;
+        row_sum[i] *= alpha;
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+          acc[c * 4 + 2 * i] *= alpha;
+          acc[c * 4 + 2 * i + 1] *= alpha;
+        }
+        neg_m[i] = -m_use * p.scale_log2;
+      }
+      uint32_t pf[4][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float p0 = fast_exp2(fmaf(s[n * 4 + 0], p.scale_log2, neg_m[0]));
+        const float p1 = fast_exp2(fmaf(s[n * 4 + 1], p.scale_log2, neg_m[0]));
+        const float p2 = fast_exp2(fmaf(s[n * 4 + 2], p.scale_log2, neg_m[1]));
+        const float p3 = fast_exp2(fmaf(s[n * 4 + 3], p.scale_log2, neg_m[1]));
+        row_sum[0] += p0 + p1;
+        row_sum[1] += p2 + p3;
+        pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
+        pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
+      }
+      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand.
+      fence_operands(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(acc);
+      stage ^= 1;
+      j = jn;
+    }
+    cp_async_wait<0>();
+  }
+
+  if (my_qb >= p.num_q_blocks) return;
+  const int my_valid = group ? q_valid[1] : q_valid[0];
+  const int r_lo = (warp & 3) * 16 + (lane >> 2);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = r_lo + i * 8;
+    const bool live = r < my_valid && row_sum[i] > 0.f;
+    const float inv = live ? 1.f / row_sum[i] : 0.f;
+    const int64_t token = int64_t(my_qb) * 64 + r;
+    T* orow = o_bh + token * p.o_rs;
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) {
+      const int col = c * 8 + (lane & 3) * 2;
+      *reinterpret_cast<uint32_t*>(orow + col) =
+          ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv);
+    }
+    if (lse_bh && (lane & 3) == 0) {
+      lse_bh[token] = live ? row_max[i] * p.scale + logf(row_sum[i]) : -INFINITY;
+    }
+  }
+}
+
+template <int D, int QB>
+constexpr int sm90_smem_bytes() {
+  return (QB + 4) * 64 * D * 2 + 1024;  // + alignment slack
+}
+
+}  // namespace veda::cuda

@@ -1,0 +1,171 @@
+// CUDA attention vs the CPU references (src/cuda/attention_check.hpp): fresh random inputs per
+// case, outputs poisoned before each run, err_gpu <= 2 * err_lowp + atol against fp64 on the
+// same rounded inputs, padding rows exactly zero, NaN never passes. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <fmt/core.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/attention_check.hpp"
+#include "veda/attention.hpp"
+#include "veda/cuda.hpp"
+
+namespace veda {
+namespace {
+
+using cuda_check::DeviceProblem;
+
+#define SKIP_WITHOUT_GPU()                                           \
+  do {                                                               \
+    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+struct Case {
+  Grid grid;
+  int head_dim;
+  DType dtype;
+  int batch;
+  double density;  // 1.0 = dense (mask null)
+  double empty_rows = 0.0;
+  int heads = 2;
+};
+
+std::string case_name(const Case& c) {
+  return fmt::format("g{}x{}x{}_d{}_{}_b{}_dens{}{}", c.grid.t, c.grid.h, c.grid.w, c.head_dim,
+                     c.dtype == DType::kBF16 ? "bf16" : "f16", c.batch,
+                     int(c.density * 100 + 0.5), c.empty_rows > 0 ? "_empty" : "");
+}
+
+// Runs one case through attention_cuda and checks two (b, h) slices; `kernel` forces a path.
+void run_case(const Case& c, const HeadLayouts& layouts, uint64_t seed, const char* kernel) {
+  if (kernel) setenv("VEDA_ATTN_KERNEL", kernel, 1);
+  TileMask mask;
+  const bool sparse = c.density < 1.0 || c.empty_rows > 0;
+  if (sparse) mask = cuda_check::random_mask(c.batch, layouts, c.density, seed, c.empty_rows);
+  auto problem = DeviceProblem::make(c.batch, layouts, c.head_dim, c.dtype,
+                                     sparse ? &mask : nullptr, seed);
+  ASSERT_TRUE(problem.is_ok()) << problem.status().to_string();
+  ASSERT_TRUE(problem->poison_outputs().is_ok());
+  const AttentionParams p = problem->params();
+  const Status st = attention_cuda(p);
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  ASSERT_TRUE(cuda_synchronize().is_ok());
+  const int n_check = c.density >= 1.0 ? 10 : 40;
+  for (auto [b, h] : {std::pair{0, 0}, std::pair{c.batch - 1, c.heads - 1}}) {
+    auto tiles = cuda_check::sample_tiles(layouts.head(h).num_tiles(), n_check, seed + b * 7 + h);
+    auto res = cuda_check::check_slice(*problem, b, h, tiles);
+    ASSERT_TRUE(res.is_ok()) << res.status().to_string();
+    const std::string what = fmt::format("{} kernel {} (b {}, h {})", case_name(c),
+                                         attention_cuda_kernel_name(p), b, h);
+    EXPECT_TRUE(res->pass()) << what << ": " << res->summary();
+    fmt::print("  {}: {}\n", what, res->summary());
+  }
+  if (kernel) unsetenv("VEDA_ATTN_KERNEL");
+}
+
+class AttentionGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionGpu, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const Case& c = GetParam();
+  auto layouts = HeadLayouts::uniform(c.grid, 0, c.heads, TileShape{4, 4, 4});
+  ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  // Default kernel (the wgmma one on Hopper), the mma.sync one, and one 64-row block per CTA.
+  run_case(c, *layouts, 1234 + uint64_t(c.head_dim) * 31 + c.batch, nullptr);
+  run_case(c, *layouts, 4321 + uint64_t(c.head_dim) * 31 + c.batch, "sm80");
+  if (c.density >= 1.0) {
+    setenv("VEDA_ATTN_QB", "1", 1);
+    run_case(c, *layouts, 777 + c.batch, nullptr);
+    unsetenv("VEDA_ATTN_QB");
+  }
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (Grid g : {Grid{21, 30, 52}, Grid{16, 16, 28}})
+    for (int d : {64, 128})
+      for (DType dt : {DType::kBF16, DType::kF16})
+        for (int b : {1, 2})
+          for (double dens : {1.0, 0.1, 0.05})
+            cases.push_back(Case{g, d, dt, b, dens, dens == 0.05 ? 0.15 : 0.0});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpu, ::testing::ValuesIn(all_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+// 128-token tiles with prefix tokens, both density regimes, both kernels' paths.
+TEST(AttentionGpuLayouts, Volume128WithPrefix) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::uniform(Grid{16, 16, 28}, 77, 2, TileShape{4, 4, 8});
+  ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  for (double dens : {1.0, 0.1})
+    for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"})
+      run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *layouts, 99, kernel);
+}
+
+// Heads with different tile shapes have different tile counts: tiles past a head's own count are
+// empty (valid 0) and must come out as zeros.
+TEST(AttentionGpuLayouts, PerHeadShapes) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::make(Grid{16, 16, 28}, 5, {TileShape{4, 4, 4}, TileShape{16, 2, 2},
+                                                         TileShape{1, 8, 8}});
+  ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  for (double dens : {1.0, 0.05})
+    for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"})
+      run_case(Case{Grid{16, 16, 28}, 64, DType::kF16, 1, dens, 0.0, 3}, *layouts, 7, kernel);
+}
+
+TEST(AttentionGpuLayouts, AllRowsEmpty) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::uniform(Grid{4, 8, 8}, 0, 1, TileShape{4, 4, 4});
+  ASSERT_TRUE(layouts.is_ok());
+  run_case(Case{Grid{4, 8, 8}, 128, DType::kBF16, 1, 0.5, 1.0, 1}, *layouts, 3, nullptr);
+}
+
+// Repeated runs on the same inputs give bit-identical outputs (no races, no reads of unwritten
+// memory).
+TEST(AttentionGpuLayouts, Deterministic) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::uniform(Grid{16, 16, 28}, 0, 2, TileShape{4, 4, 4});
+  ASSERT_TRUE(layouts.is_ok());
+  TileMask mask = cuda_check::random_mask(1, *layouts, 0.1, 5);
+  auto problem = DeviceProblem::make(1, *layouts, 128, DType::kBF16, &mask, 11);
+  ASSERT_TRUE(problem.is_ok());
+  std::vector<float> first;
+  for (int run = 0; run < 3; ++run) {
+    ASSERT_TRUE(problem->poison_outputs().is_ok());
+    ASSERT_TRUE(attention_cuda(problem->params()).is_ok());
+    auto o = problem->slice_to_host(problem->o, 0, 1);
+    ASSERT_TRUE(o.is_ok());
+    if (run == 0) first = *o;
+    else ASSERT_EQ(0, std::memcmp(first.data(), o->data(), first.size() * 4));
+  }
+}
+
+TEST(AttentionGpuErrors, RejectsUnsupported) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::uniform(Grid{4, 8, 8}, 0, 1, TileShape{4, 4, 4});
+  ASSERT_TRUE(layouts.is_ok());
+  auto problem = DeviceProblem::make(1, *layouts, 64, DType::kBF16, nullptr, 1);
+  ASSERT_TRUE(problem.is_ok());
+  AttentionParams p = problem->params();
+  p.head_dim = 96;
+  EXPECT_EQ(attention_cuda(p).code(), ErrorCode::kUnsupported);
+  p = problem->params();
+  p.dtype = DType::kF32;
+  EXPECT_EQ(attention_cuda(p).code(), ErrorCode::kUnsupported);
+  p = problem->params();
+  p.tokens += 1;
+  EXPECT_EQ(attention_cuda(p).code(), ErrorCode::kInvalidArgument);
+  p = problem->params();
+  p.q = static_cast<const char*>(p.q) + 2;
+  EXPECT_EQ(attention_cuda(p).code(), ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace veda

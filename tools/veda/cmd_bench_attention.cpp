@@ -1,0 +1,246 @@
+// veda bench attention: times the CUDA tile-skipping attention (dense = every tile selected) on
+// random inputs drawn on the device, with random masks or masks from the selection path; median
+// of many runs timed with CUDA events after a warm-up; optional check against the CPU references.
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "command.hpp"
+#include "table.hpp"
+#include "veda/tile_layout.hpp"
+#ifdef VEDA_HAS_CUDA
+#include "cuda/attention_check.hpp"
+#include "veda/cuda.hpp"
+#include "veda/scoring.hpp"
+#include "veda/selection.hpp"
+#endif
+
+namespace veda::cli {
+namespace {
+
+struct BenchOptions {
+  std::string preset;
+  int batch = 1, heads = 12, head_dim = 128;
+  std::string grid = "21x30x52";
+  std::string tile = "4x4x4";
+  int prefix = 0;
+  std::string densities = "1.0,0.10,0.05,0.03";
+  std::string dtype = "bf16";
+  std::string mask = "random";  // random | select
+  int warmup = 5, runs = 30;
+  bool verify = false;
+  bool json = false;
+  uint64_t seed = 1;
+};
+
+Result<std::vector<double>> parse_list(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      out.push_back(std::stod(item));
+    } catch (...) {
+      return invalid_argument("bad number in list: '" + item + "'");
+    }
+    if (!(out.back() > 0 && out.back() <= 1)) return invalid_argument("density not in (0, 1]: " + item);
+  }
+  if (out.empty()) return invalid_argument("empty density list");
+  return out;
+}
+
+#ifdef VEDA_HAS_CUDA
+// Selection-path mask: tile statistics of the problem's own q and k (copied back from the
+// device), mean-pooled scores, top-k per query tile at `density`.
+Result<TileMask> selected_mask(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,
+                               double density) {
+  auto to_tensor = [&](const DeviceBuffer& buf) -> Result<Tensor> {
+    Tensor t = Tensor::empty(DType::kF32, {pr.batch, pr.heads, pr.tokens, pr.head_dim});
+    const size_t slice = size_t(pr.tokens) * pr.head_dim;
+    for (int b = 0; b < pr.batch; ++b)
+      for (int h = 0; h < pr.heads; ++h) {
+        VEDA_ASSIGN_OR_RETURN(auto s, pr.slice_to_host(buf, b, h));
+        std::copy(s.begin(), s.end(), t.data_as<float>() + (size_t(b) * pr.heads + h) * slice);
+      }
+    return t;
+  };
+  VEDA_ASSIGN_OR_RETURN(Tensor q, to_tensor(pr.q));
+  VEDA_ASSIGN_OR_RETURN(Tensor k, to_tensor(pr.k));
+  VEDA_ASSIGN_OR_RETURN(TileStats qs, compute_tile_stats(q, layouts));
+  VEDA_ASSIGN_OR_RETURN(TileStats ks, compute_tile_stats(k, layouts));
+  VEDA_ASSIGN_OR_RETURN(Tensor logits, score_tiles_mean(qs, ks, layouts, pr.scale));
+  SelectionConfig config;
+  config.density = density;
+  return select_tiles(logits, layouts, config);
+}
+
+struct Flops {
+  double actual = 0, dense = 0;
+};
+Flops count_flops(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,
+                  const TileMask* mask) {
+  Flops f;
+  for (int h = 0; h < pr.heads; ++h) {
+    const auto& valid = layouts.head(h).tile_valid();
+    double total_valid = 0;
+    for (int32_t v : valid) total_valid += v;
+    f.dense += pr.batch * 4.0 * total_valid * total_valid * pr.head_dim;
+    for (int b = 0; b < pr.batch; ++b)
+      for (int qt = 0; qt < int(valid.size()); ++qt) {
+        if (!mask) {
+          f.actual += 4.0 * valid[qt] * total_valid * pr.head_dim;
+          continue;
+        }
+        const int c = mask->count(b, h, qt);
+        const int32_t* row = mask->row(b, h, qt);
+        double keys = 0;
+        for (int i = 0; i < c; ++i) keys += valid[row[i]];
+        f.actual += 4.0 * valid[qt] * keys * pr.head_dim;
+      }
+  }
+  return f;
+}
+
+Status run_bench(const BenchOptions& opt) {
+  if (!cuda_device_available()) return Status(ErrorCode::kCudaError, "no CUDA device found");
+  BenchOptions o = opt;
+  if (o.preset == "wan1.3b-480p") {
+    o.heads = 12, o.grid = "21x30x52";
+  } else if (o.preset == "wan14b-720p") {
+    o.heads = 40, o.grid = "21x45x80";
+  } else if (!o.preset.empty()) {
+    return invalid_argument("unknown preset '" + o.preset + "' (wan1.3b-480p, wan14b-720p)");
+  }
+  VEDA_ASSIGN_OR_RETURN(Grid grid, Grid::parse(o.grid));
+  VEDA_ASSIGN_OR_RETURN(TileShape shape, TileShape::parse(o.tile));
+  VEDA_ASSIGN_OR_RETURN(DType dtype, parse_dtype(o.dtype == "bf16" ? "BF16" : o.dtype == "f16" ? "F16" : o.dtype));
+  VEDA_ASSIGN_OR_RETURN(auto densities, parse_list(o.densities));
+  if (o.mask != "random" && o.mask != "select")
+    return invalid_argument("--mask must be random or select");
+  VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));
+  VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
+  // One set of inputs for every density; masks are rebuilt per density.
+  VEDA_ASSIGN_OR_RETURN(auto base, cuda_check::DeviceProblem::make(o.batch, layouts, int(o.head_dim),
+                                                                   dtype, nullptr, o.seed));
+  Table table{{"B", "H", "grid", "D", "dtype", "mask", "density", "kernel", "ms (median)", "ms (min)",
+               "TFLOP/s actual", "TFLOP/s dense-eq", "verify"},
+              {}};
+  nlohmann::json rows = nlohmann::json::array();
+  for (double density : densities) {
+    TileMask mask;
+    const bool dense = density >= 1.0;
+    if (!dense) {
+      if (o.mask == "random") {
+        mask = cuda_check::random_mask(o.batch, layouts, density, o.seed + 17);
+      } else {
+        VEDA_ASSIGN_OR_RETURN(mask, selected_mask(base, layouts, density));
+      }
+    }
+    // Share q/k/v/o with `base`; only the mask buffers are per density.
+    cuda_check::DeviceProblem& pr = base;
+    DeviceBuffer counts, indices;
+    pr.has_mask = !dense;
+    if (!dense) {
+      VEDA_ASSIGN_OR_RETURN(counts, DeviceBuffer::allocate(mask.counts.size() * 4));
+      VEDA_ASSIGN_OR_RETURN(indices, DeviceBuffer::allocate(std::max<size_t>(mask.indices.size(), 1) * 4));
+      VEDA_RETURN_IF_ERROR(copy_to_device(counts.data(), mask.counts.data(), mask.counts.size() * 4));
+      VEDA_RETURN_IF_ERROR(copy_to_device(indices.data(), mask.indices.data(), mask.indices.size() * 4));
+      std::swap(pr.counts, counts);
+      std::swap(pr.indices, indices);
+      pr.mask_host = mask;
+      pr.max_k = mask.max_k;
+    }
+    const AttentionParams params = pr.params();
+    const std::string kernel = attention_cuda_kernel_name(params);
+    VEDA_RETURN_IF_ERROR(pr.poison_outputs());
+    VEDA_ASSIGN_OR_RETURN(auto times, time_attention_cuda(params, o.warmup, o.runs));
+    std::vector<float> sorted = times;
+    std::sort(sorted.begin(), sorted.end());
+    const double median = sorted[sorted.size() / 2], best = sorted.front();
+    const Flops flops = count_flops(pr, layouts, dense ? nullptr : &mask);
+    const double actual_density = dense ? 1.0 : mask.density(layouts);
+    std::string verdict = "-";
+    nlohmann::json checks = nlohmann::json::array();
+    if (o.verify) {
+      bool all_pass = true;
+      for (auto [b, h] : {std::pair{0, 0}, std::pair{o.batch - 1, o.heads - 1}}) {
+        auto tiles = cuda_check::sample_tiles(layouts.head(h).num_tiles(), dense ? 8 : 24, 5 + h);
+        VEDA_ASSIGN_OR_RETURN(auto res, cuda_check::check_slice(pr, b, h, tiles));
+        all_pass = all_pass && res.pass();
+        if (!o.json) fmt::print(stderr, "verify density {} (b {}, h {}): {}\n", density, b, h, res.summary());
+        checks.push_back({{"b", b}, {"h", h}, {"pass", res.pass()}, {"err_gpu", res.err_gpu},
+                          {"err_lowp", res.err_lowp}, {"err_lse", res.err_lse},
+                          {"summary", res.summary()}});
+      }
+      verdict = all_pass ? "pass" : "FAIL";
+    }
+    if (!dense) {  // give the mask buffers back to the locals, freed at the end of the iteration
+      std::swap(pr.counts, counts);
+      std::swap(pr.indices, indices);
+    }
+    const double tf_actual = flops.actual / (median * 1e-3) / 1e12;
+    const double tf_dense = flops.dense / (median * 1e-3) / 1e12;
+    table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), grid.str(),
+                          fmt::format("{}", o.head_dim), o.dtype, dense ? "dense" : o.mask,
+                          fmt::format("{:.4f}", actual_density), kernel,
+                          fmt::format("{:.3f}", median), fmt::format("{:.3f}", best),
+                          fmt::format("{:.1f}", tf_actual), fmt::format("{:.1f}", tf_dense),
+                          verdict});
+    rows.push_back({{"device", device}, {"batch", o.batch}, {"heads", o.heads}, {"grid", grid.str()},
+                    {"tile", shape.str()}, {"head_dim", o.head_dim}, {"dtype", o.dtype},
+                    {"mask", dense ? "dense" : o.mask}, {"density_requested", density},
+                    {"density", actual_density}, {"kernel", kernel}, {"ms_median", median},
+                    {"ms_min", best}, {"runs", o.runs}, {"flops_actual", flops.actual},
+                    {"flops_dense", flops.dense}, {"tflops_actual", tf_actual},
+                    {"tflops_dense_equiv", tf_dense}, {"verify", verdict}, {"checks", checks}});
+    if (o.verify && verdict != "pass" && !o.json) fmt::print(stderr, "verification FAILED\n");
+  }
+  if (o.json) {
+    fmt::print("{}\n", rows.dump(2));
+  } else {
+    fmt::print("device: {}\n{}", device, table.to_markdown());
+  }
+  for (const auto& r : rows)
+    if (r["verify"] == "FAIL") return numeric_error("verification failed");
+  return Status::ok();
+}
+#endif
+
+RunFn setup_bench_attention(CLI::App& sub) {
+  auto opt = std::make_shared<BenchOptions>();
+  sub.add_option("--preset", opt->preset, "wan1.3b-480p (1x12, 21x30x52) or wan14b-720p (1x40, 21x45x80)");
+  sub.add_option("--batch", opt->batch, "batch size")->capture_default_str();
+  sub.add_option("--heads", opt->heads, "heads")->capture_default_str();
+  sub.add_option("--grid", opt->grid, "video grid TxHxW")->capture_default_str();
+  sub.add_option("--head-dim", opt->head_dim, "64 or 128")->capture_default_str();
+  sub.add_option("--tile", opt->tile, "tile shape TxHxW (volume 64 or 128)")->capture_default_str();
+  sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")->capture_default_str();
+  sub.add_option("--density", opt->densities, "comma-separated densities; 1.0 = dense")->capture_default_str();
+  sub.add_option("--dtype", opt->dtype, "bf16 or f16")->capture_default_str();
+  sub.add_option("--mask", opt->mask, "random, or select (select_tiles on mean-pooled scores of q, k)")
+      ->capture_default_str();
+  sub.add_option("--warmup", opt->warmup, "untimed runs")->capture_default_str();
+  sub.add_option("--runs", opt->runs, "timed runs (median reported)")->capture_default_str();
+  sub.add_option("--seed", opt->seed, "input seed")->capture_default_str();
+  sub.add_flag("--verify", opt->verify, "check two (b, h) slices against the CPU references");
+  sub.add_flag("--json", opt->json, "print JSON rows instead of a table");
+  return [opt]() -> Status {
+#ifdef VEDA_HAS_CUDA
+    return run_bench(*opt);
+#else
+    (void)opt;
+    return unsupported("veda was built without CUDA (configure with -DVEDA_CUDA=ON on a machine with nvcc)");
+#endif
+  };
+}
+
+const bool kRegistered =
+    register_command({"bench attention", "time the CUDA tile-skipping attention kernel", setup_bench_attention});
+
+}  // namespace
+}  // namespace veda::cli

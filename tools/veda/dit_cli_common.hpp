@@ -1,0 +1,63 @@
+// Options and printing shared by the DiT subcommands (forward, generate, capture).
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "veda/dit.hpp"
+#include "veda/sampler.hpp"
+
+namespace veda::cli {
+
+// --attention dense|veda, --density, --tile-shape, --score, --select, --profile
+struct AttentionArgs {
+  std::string mode = "dense";
+  double density = 0.1;
+  std::string tile_shape = "4x4x4";
+  std::string score = "stats";
+  std::string select = "topk";
+  std::string profile;  // calibration profile: per-head tile shapes, densities, estimators
+
+  void add_to(CLI::App& sub);
+  // `num_layers`/`heads` check the profile against the model.
+  Result<ForwardOptions> to_options(int num_layers, int heads) const;
+};
+
+// --prompt-embeds FILE | --prompt-index N, --negative-embeds FILE
+struct PromptArgs {
+  std::string embeds_file;
+  int index = -1;
+  std::string negative_file;
+
+  void add_to(CLI::App& sub);
+  // Conditional and unconditional embeddings, each f32 [L, text_dim].
+  // --prompt-embeds: tensor 'prompt_embeds' (or 'text', or the file's only tensor), [L, D] or
+  //   [1, L, D]; 'negative_prompt_embeds' in the same file is the unconditional one.
+  // --prompt-index N: 'prompt_N' of MODEL/golden.safetensors (the small test model's prompts).
+  // Without negative embeddings the unconditional input is zeros of the prompt's shape.
+  Result<std::pair<Tensor, Tensor>> load(const std::string& model_dir,
+                                         const WanConfig& config) const;
+  std::string describe() const;
+};
+
+// --frames, --height, --width, --seed, --guidance, --shift, --sampler and the step count.
+struct SamplingArgs {
+  int frames = 16, height = 64, width = 112;
+  int steps = 20;
+  uint64_t seed = 0;
+  double guidance = 5.0;
+  double shift = 3.0;
+  std::string sampler = "unipc";
+  int dense_warmup_steps = 0;
+
+  // `steps_flag`: "--steps" for generate; capture uses --steps for the captured steps.
+  void add_to(CLI::App& sub, const std::string& steps_flag);
+  Result<GenerateOptions> to_options() const;
+};
+
+// A one-line progress bar on stderr, redrawn per step: [#####.....] 5/10 1.23 s/step ETA 6 s
+void print_progress(int step, int steps, double step_seconds, double elapsed_seconds);
+
+// "self-attention 12.3 s (45%), cross-attention ..., GEMMs ..., other ..."
+void print_timing_breakdown(const ForwardTimings& timings);
+
+}  // namespace veda::cli
