@@ -45,6 +45,7 @@ struct EvalRow {
   double recall = 0, rel_l2 = 0, cosine = 0;
   double select_ms = 0;     // statistics + scoring + selection (whole call, all heads)
   double attention_ms = 0;  // tile-sparse CPU attention (whole call, all heads)
+  double dense_attention_ms = 0;  // dense CPU attention on the same capture, for comparison
 };
 
 // Rows for every (method, density): one per head, then the mean over heads (head = -1).

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "veda/thread_pool.hpp"
 
@@ -70,6 +71,16 @@ float half_to_float(uint16_t h) {
   return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
+// Bulk f16 decoding through a 256 KiB table: a load instead of a branchy decode per element.
+static const float* half_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = half_to_float(uint16_t(h));
+    return t;
+  }();
+  return table.data();
+}
+
 static constexpr size_t kParallelThreshold = 1 << 16;
 static constexpr int64_t kChunk = 1 << 14;
 
@@ -94,7 +105,8 @@ void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n) {
         break;
       case DType::kF16: {
         auto* s = static_cast<const uint16_t*>(src);
-        for (size_t i = begin; i < end; ++i) dst[i] = half_to_float(s[i]);
+        const float* table = half_table();
+        for (size_t i = begin; i < end; ++i) dst[i] = table[s[i]];
         break;
       }
       case DType::kBF16: {

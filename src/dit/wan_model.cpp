@@ -182,7 +182,6 @@ Result<Tensor> WanModel::forward(const Tensor& x, const std::vector<float>& time
   VEDA_RETURN_IF_ERROR(check_forward_inputs(c, x, timesteps, text));
 
   ForwardTimings timings;
-  const auto forward_start = Clock::now();
   const int64_t batch = x.dim(0);
   const int64_t frames = x.dim(2), height = x.dim(3), width = x.dim(4);
   const Grid grid{int(frames / c.patch_t), int(height / c.patch_h), int(width / c.patch_w)};
@@ -446,7 +445,6 @@ Result<Tensor> WanModel::forward(const Tensor& x, const std::vector<float>& time
                  fh * c.patch_h + j) * width + fw * c.patch_w + k] = *src++;
     }, 64);
   }
-  (void)forward_start;
   timings.forward_passes = 1;
   if (options.timings) options.timings->add(timings);
   return out;

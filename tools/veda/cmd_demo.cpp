@@ -46,6 +46,11 @@ RunFn setup_demo(CLI::App& sub) {
     for (const EvalRow& r : rows)
       if (r.head < 0) means.push_back(r);
     fmt::print("Mean over heads:\n\n{}\n", eval_rows_to_table(means));
+    for (const EvalRow& r : means)
+      if (r.method == "stats")
+        fmt::print("At density {:.3g} the tile-sparse CPU attention took {:.1f} ms, dense {:.1f} ms: {:.1f}x.\n",
+                   r.density, r.attention_ms, r.dense_attention_ms, r.dense_attention_ms / r.attention_ms);
+    fmt::print("\n");
     fmt::print("Per head:\n\n{}\n", eval_rows_to_table(rows));
     fmt::print("Done in {:.1f} s (dense attention and exact tile mass computed once).\n"
                "Next: `veda eval --capture FILE ... --json` for your own captures.\n",

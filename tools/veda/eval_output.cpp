@@ -67,7 +67,8 @@ nlohmann::json eval_rows_to_json(const std::vector<EvalRow>& rows) {
                    {"rel_l2", r.rel_l2},
                    {"cosine", r.cosine},
                    {"select_ms", r.select_ms},
-                   {"attention_ms", r.attention_ms}});
+                   {"attention_ms", r.attention_ms},
+                   {"dense_attention_ms", r.dense_attention_ms}});
   }
   return out;
 }

@@ -55,6 +55,17 @@ struct CopyPlan90 {
   }
 };
 
+// S for a 64-key block: this warpgroup's 64 rows x the first N keys (D/16 k-steps); the rest of
+// s is left as is (masked by the caller).
+template <int N, int D, class T>
+__device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
+                                       uint32_t k_stage) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_rs_s<N, T>(s, q[kk], smem_desc_128b(k_stage + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024),
+                     kk > 0 ? 1 : 0);
+}
+
 template <int D, int QB, class T>
 __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
     attention_fwd_sm90_kernel(const FwdParams p) {
@@ -118,12 +129,28 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
     cp_async_commit();
 
     const uint32_t q_group = sQ + group * kTileBytes;
+    uint32_t qf[D / 16][4];  // Q as wgmma A fragments (loaded once)
+    float s[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    bool first = true;
     int stage = 0;
     while (j < n_steps) {
       const int cur_valid = kb.valid;
       cp_async_wait<0>();
       fence_proxy_async_smem();
       __syncthreads();
+      if (first) {
+        first = false;
+        // Lane address of ldmatrix: row (warp & 3) * 16 + (lane & 15) of this group, logical
+        // chunk 2*kk + (lane >> 4); (row & 7) == (lane & 7), so the swizzled chunk is a per-lane
+        // base XORed with the compile-time (2*kk) & 7.
+        const uint32_t q_lane = q_group + uint32_t(((warp & 3) * 16 + (lane & 15)) * 128);
+        const int q_cx = (lane >> 4) ^ (lane & 7);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          ldmatrix_x4(qf[kk], q_lane + (kk >> 2) * 8192 + (uint32_t(((kk & 3) * 2) ^ q_cx) << 4));
+      }
       const int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, kb);
       if (jn < n_steps) {
         const uint32_t off = (stage ^ 1) * kTileBytes;
@@ -134,19 +161,26 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
 
       const uint32_t k_stage = sK + stage * kTileBytes;
       const uint32_t v_stage = sV + stage * kTileBytes;
-      // S = Q K^T: D/16 k-steps of m64n64k16.
-      float s[32];
+      // S = Q K^T: D/16 k-steps of m64nNk16, Q from registers; N = 16 for key blocks of <= 16
+      // valid keys (the ragged edge tiles of the Wan grids hold 16 or 4), else 64. (A 4-way
+      // switch over N made ptxas serialize the wgmmas: C7511.)
       fence_operands(s);
       wgmma_fence();
+      if (cur_valid <= 16) {
+        float s16[32];  // own registers: sharing s with the N=64 form made ptxas serialize
+        fence_operands(s16);
+        s_gemm<16, D, T>(s16, qf, k_stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(s16);
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t koff = (kk >> 2) * 8192 + (kk & 3) * 32;
-        wgmma_ss<64, T>(s, smem_desc_128b(q_group + koff, 16, 1024),
-                        smem_desc_128b(k_stage + koff, 16, 1024), kk > 0 ? 1 : 0);
+        for (int i = 0; i < 8; ++i) s[i] = s16[i];
+      } else {
+        s_gemm<64, D, T>(s, qf, k_stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(s);
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(s);
 
       if (cur_valid < 64) {
 #pragma unroll
@@ -197,7 +231,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
       wgmma_fence();
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
+        if (t * 16 < cur_valid)  // CTA-uniform: P is zero past the valid keys
+          wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
       }
       wgmma_commit();
       wgmma_wait<0>();

@@ -1,0 +1,108 @@
+// Tile selection on the GPU: gather to tile order fused with tile statistics, tile scoring (mean,
+// stats, or the fitted estimator) and per-row top-k into a TileMask, all on device memory. The
+// CPU reference it reproduces: gather_to_tiles + compute_tile_stats (tile_layout/scoring.hpp),
+// score_tiles_mean / score_tiles_stats / score_tiles_estimated and select_tiles (kTopK).
+//
+// No CUDA headers here: streams are void* (a cudaStream_t; nullptr = the default stream), device
+// memory is plain pointers. Everything returns a Status.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "veda/dtype.hpp"
+#include "veda/estimator.hpp"
+#include "veda/profile.hpp"
+#include "veda/scoring.hpp"
+#include "veda/selection.hpp"
+#include "veda/status.hpp"
+#include "veda/tensor.hpp"
+#include "veda/tile_layout.hpp"
+
+namespace veda {
+
+enum class GpuScoreMethod {
+  kMean,       // score_tiles_mean
+  kStats,      // score_tiles_stats with `stats` options
+  kEstimator,  // score_tiles_estimated with `estimator` (one parameter set per head)
+};
+
+// Arithmetic of the scoring GEMM. kF32 matches the CPU to float rounding (the masks agree except
+// at near-ties); the tensor-core modes are faster and move boundary tiles (see
+// docs/selection-perf.md for how many).
+enum class GpuScorePrecision { kF32, kTF32, kBF16 };
+
+struct GpuSelectorOptions {
+  GpuScoreMethod method = GpuScoreMethod::kStats;
+  StatsScoreOptions stats;                // kStats
+  std::vector<EstimatorParams> estimator;  // kEstimator: size = heads
+  float scale = 0;                         // softmax scale, > 0 (1/sqrt(D) for attention)
+  GpuScorePrecision precision = GpuScorePrecision::kF32;
+  // select() synchronises the stream at its end and returns numeric_error when a logit of an
+  // existing pair was NaN or +inf (those rows get count 0). Off: fully asynchronous; call
+  // check_numerics() later.
+  bool check_numerics = true;
+  // Debug/test outputs kept on the device after each select(), read with copy_*_to_host.
+  bool keep_stats = false;   // q and k TileStats
+  bool keep_logits = false;  // final logits [B, H, max_tiles, max_tiles]
+};
+
+// Options reproducing a profile layer: kEstimator with its per-head parameters; `config`'s
+// head_density is set from the profile's split of `density`.
+GpuSelectorOptions gpu_selector_options_from_profile(const Profile& profile,
+                                                     const LayerProfile& layer, double density,
+                                                     float scale, SelectionConfig* config);
+
+// Milliseconds per stage of one select() (CUDA events; select() synchronises when asked for them).
+struct GpuSelectStageTimes {
+  float gather_stats_ms = 0;  // gather to tile order + statistics + scoring features
+  float score_ms = 0;         // the batched scoring GEMM
+  float select_ms = 0;        // logits epilogue + top-k + mask write
+};
+
+// Owns the device copies of the layouts (slot_token, tile_valid, per-head budgets and biases),
+// the cuBLASLt handle and the scratch (grown on demand). Not thread-safe; one stream at a time.
+class GpuSelector {
+ public:
+  // Errors: selection mode kMass (unsupported on the GPU), bad densities, estimator size mismatch
+  // or non-finite parameters, non-positive scale, no CUDA device.
+  static Result<GpuSelector> make(const HeadLayouts& layouts, const SelectionConfig& config,
+                                  const GpuSelectorOptions& options);
+  GpuSelector();
+  ~GpuSelector();
+  GpuSelector(GpuSelector&&) noexcept;
+  GpuSelector& operator=(GpuSelector&&) noexcept;
+
+  // The TileMask's row width: the same max_k select_tiles gives for these layouts and config.
+  int max_k() const;
+  int max_tiles() const;
+  int heads() const;
+
+  // q, k: [batch, heads, tokens, head_dim] contiguous in token order (dtype f16, bf16 or f32;
+  // head_dim * element size a multiple of 16 bytes and rows 16-byte aligned).
+  // q_tiled, k_tiled: [batch, heads, padded_tokens, head_dim] of the same dtype in tile order,
+  // padding slots zero; either may be null (statistics only).
+  // counts: [batch, heads, max_tiles]; indices: [batch, heads, max_tiles, max_k], each row
+  // ascending, unused entries -1. Asynchronous on `stream` unless check_numerics or `times`.
+  Status select(const void* q, const void* k, DType dtype, int batch, int head_dim,
+                void* q_tiled, void* k_tiled, int32_t* counts, int32_t* indices,
+                void* stream = nullptr, GpuSelectStageTimes* times = nullptr);
+
+  // Gather alone (for v): x [batch, heads, tokens, head_dim] -> x_tiled in tile order.
+  Status gather(const void* x, DType dtype, int batch, int head_dim, void* x_tiled,
+                void* stream = nullptr);
+
+  // Synchronises `stream`; numeric_error naming the first bad row if the last select() met a NaN
+  // or +inf logit of an existing pair.
+  Status check_numerics(void* stream = nullptr);
+
+  // After a select() with keep_stats / keep_logits (synchronous copies).
+  Status copy_stats_to_host(TileStats* q, TileStats* k) const;
+  Result<Tensor> copy_logits_to_host() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace veda
