@@ -48,10 +48,22 @@ struct GpuSelectorOptions {
 };
 
 // Options reproducing a profile layer: kEstimator with its per-head parameters; `config`'s
-// head_density is set from the profile's split of `density`.
-GpuSelectorOptions gpu_selector_options_from_profile(const Profile& profile,
-                                                     const LayerProfile& layer, double density,
-                                                     float scale, SelectionConfig* config);
+// density and head_density are set from the profile's split of `density`. (Inline: the CUDA
+// library does not link the calibration module that defines Profile.)
+inline GpuSelectorOptions gpu_selector_options_from_profile(const Profile& profile,
+                                                            const LayerProfile& layer,
+                                                            double density, float scale,
+                                                            SelectionConfig* config) {
+  GpuSelectorOptions o;
+  o.method = GpuScoreMethod::kEstimator;
+  o.scale = scale;
+  for (const HeadProfile& h : layer.heads) o.estimator.push_back(h.estimator);
+  if (config) {
+    config->density = density;
+    config->head_density = profile.head_densities(layer, density);
+  }
+  return o;
+}
 
 // Milliseconds per stage of one select() (CUDA events; select() synchronises when asked for them).
 struct GpuSelectStageTimes {

@@ -74,9 +74,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
   constexpr uint32_t kTileBytes = 64 * D * 2;  // one 64-row tile
   extern __shared__ __align__(128) unsigned char smem_raw90[];
   const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
-  const uint32_t sQ = base;
-  const uint32_t sK = sQ + QB * kTileBytes;  // [2][tile]
-  const uint32_t sV = sK + 2 * kTileBytes;   // [2][tile]
+  const uint32_t sK = base;                  // [3][tile]
+  const uint32_t sV = sK + 3 * kTileBytes;   // [3][tile]
   const CopyPlan90<D, kThreads> plan;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -95,7 +94,6 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
     }
   }
   const int my_qb = first_qb + group;
-  const int64_t q_row0 = int64_t(first_qb) * 64;
 
   const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
   const T* k_bh = static_cast<const T*>(p.k) + b * p.k_bs + h * p.k_hs;
@@ -123,63 +121,74 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
   float row_sum[2] = {0.f, 0.f};
 
   if (j < n_steps) {
-    plan.template load<kRows>(sQ, q_bh + q_row0 * p.q_rs, p.q_rs, q_valid[0], q_valid[1]);
-    plan.template load<64>(sK, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
-    plan.template load<64>(sV, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
-    cp_async_commit();
-
-    const uint32_t q_group = sQ + group * kTileBytes;
-    uint32_t qf[D / 16][4];  // Q as wgmma A fragments (loaded once)
-    float s[32];
+    // Q straight from global memory into wgmma A fragments (once per CTA): rows r and r + 8,
+    // columns 16*kk + 2*(lane & 3) + {0, 1} and + 8. Rows past the valid count stay zero.
+    uint32_t qf[D / 16][4];
+    {
+      const int my_valid = group ? q_valid[1] : q_valid[0];
+      const int r0 = (warp & 3) * 16 + (lane >> 2);
+      const T* q0 = q_bh + (int64_t(my_qb) * 64 + r0) * p.q_rs + (lane & 3) * 2;
+      const T* q1 = q0 + 8 * p.q_rs;
+      const bool ok0 = r0 < my_valid, ok1 = r0 + 8 < my_valid;
 #pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.f;
-    bool first = true;
-    int stage = 0;
-    while (j < n_steps) {
-      const int cur_valid = kb.valid;
-      cp_async_wait<0>();
-      fence_proxy_async_smem();
-      __syncthreads();
-      if (first) {
-        first = false;
-        // Lane address of ldmatrix: row (warp & 3) * 16 + (lane & 15) of this group, logical
-        // chunk 2*kk + (lane >> 4); (row & 7) == (lane & 7), so the swizzled chunk is a per-lane
-        // base XORed with the compile-time (2*kk) & 7.
-        const uint32_t q_lane = q_group + uint32_t(((warp & 3) * 16 + (lane & 15)) * 128);
-        const int q_cx = (lane >> 4) ^ (lane & 7);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-          ldmatrix_x4(qf[kk], q_lane + (kk >> 2) * 8192 + (uint32_t(((kk & 3) * 2) ^ q_cx) << 4));
+      for (int kk = 0; kk < D / 16; ++kk) {
+        qf[kk][0] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16)) : 0u;
+        qf[kk][1] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16)) : 0u;
+        qf[kk][2] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16 + 8)) : 0u;
+        qf[kk][3] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16 + 8)) : 0u;
       }
-      const int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, kb);
-      if (jn < n_steps) {
-        const uint32_t off = (stage ^ 1) * kTileBytes;
-        plan.template load<64>(sK + off, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
-        plan.template load<64>(sV + off, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
+    }
+    // Three-stage K/V ring: blocks j (current) and jn (next) are resident at the top of each
+    // step and jnn is being fetched.
+    KeyBlock cur = kb;
+    plan.template load<64>(sK, k_bh + cur.row * p.k_rs, p.k_rs, cur.valid, 0);
+    plan.template load<64>(sV, v_bh + cur.row * p.v_rs, p.v_rs, cur.valid, 0);
+    cp_async_commit();
+    KeyBlock nxt{0, 0};
+    int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, nxt);
+    if (jn < n_steps) {
+      plan.template load<64>(sK + kTileBytes, k_bh + nxt.row * p.k_rs, p.k_rs, nxt.valid, 0);
+      plan.template load<64>(sV + kTileBytes, v_bh + nxt.row * p.v_rs, p.v_rs, nxt.valid, 0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // block j landed (jn may still be in flight)
+    fence_proxy_async_smem();
+    __syncthreads();
+
+    float s[32], s_next[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = s_next[i] = 0.f;
+    fence_operands(s);
+    wgmma_fence();
+    s_gemm<64, D, T>(s, qf, sK);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(s);
+
+    int stage = 0;  // stage of block j
+    while (j < n_steps) {
+      const int cur_valid = cur.valid;
+      const int stage_n = stage == 2 ? 0 : stage + 1, stage_nn = stage_n == 2 ? 0 : stage_n + 1;
+      cp_async_wait<0>();  // block jn landed
+      fence_proxy_async_smem();
+      // Everyone is past step j-1: its stage (stage_nn) is free, and jn's data is visible.
+      __syncthreads();
+      KeyBlock nn{0, 0};
+      const int jnn = jn < n_steps ? next_key_step(p, row_indices, valid_h, jn + 1, n_steps, nn)
+                                   : n_steps;
+      if (jnn < n_steps) {
+        plan.template load<64>(sK + stage_nn * kTileBytes, k_bh + nn.row * p.k_rs, p.k_rs,
+                               nn.valid, 0);
+        plan.template load<64>(sV + stage_nn * kTileBytes, v_bh + nn.row * p.v_rs, p.v_rs,
+                               nn.valid, 0);
       }
       cp_async_commit();
-
-      const uint32_t k_stage = sK + stage * kTileBytes;
-      const uint32_t v_stage = sV + stage * kTileBytes;
-      // S = Q K^T: D/16 k-steps of m64nNk16, Q from registers; N = 16 for key blocks of <= 16
-      // valid keys (the ragged edge tiles of the Wan grids hold 16 or 4), else 64. (A 4-way
-      // switch over N made ptxas serialize the wgmmas: C7511.)
-      fence_operands(s);
-      wgmma_fence();
-      if (cur_valid <= 16) {
-        float s16[32];  // own registers: sharing s with the N=64 form made ptxas serialize
-        fence_operands(s16);
-        s_gemm<16, D, T>(s16, qf, k_stage);
+      // S of the next block runs on the tensor cores while this block's softmax runs here.
+      if (jn < n_steps) {
+        fence_operands(s_next);
+        wgmma_fence();
+        s_gemm<64, D, T>(s_next, qf, sK + stage_n * kTileBytes);
         wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(s16);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) s[i] = s16[i];
-      } else {
-        s_gemm<64, D, T>(s, qf, k_stage);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(s);
       }
 
       if (cur_valid < 64) {
@@ -226,19 +235,29 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
         pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
         pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
       }
-      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand.
+      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand; k-steps past
+      // the valid keys (P = 0 there) are skipped.
+      const uint32_t v_stage = sV + stage * kTileBytes;
       fence_operands(acc);
       wgmma_fence();
+      if (cur_valid > 16) {
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t * 16 < cur_valid)  // CTA-uniform: P is zero past the valid keys
+        for (int t = 0; t < 4; ++t)
           wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
+      } else {
+        wgmma_rs_tb<D, T>(acc, pf[0], smem_desc_128b(v_stage, 8192, 1024));
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait<0>();  // S of the next block and this P V
       fence_operands(acc);
-      stage ^= 1;
+      fence_operands(s_next);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s[i] = s_next[i];
+      stage = stage_n;
       j = jn;
+      cur = nxt;
+      jn = jnn;
+      nxt = nn;
     }
     cp_async_wait<0>();
   }
@@ -272,7 +291,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
 
 template <int D, int QB>
 constexpr int sm90_smem_bytes() {
-  return (QB + 4) * 64 * D * 2 + 1024;  // + alignment slack
+  return 6 * 64 * D * 2 + 1024;  // K and V, 3 stages each, + alignment slack
 }
 
 }  // namespace veda::cuda
