@@ -22,6 +22,10 @@ for b in 1 2; do
   ./build-gpu/veda bench attention --preset wan14b-720p --batch $b --density 1.0,0.05,0.03 --runs 20
 done 2>&1 | tee "$OUT/batch.log"
 ./build-gpu/veda bench attention --preset wan1.3b-480p --mask select --density 0.1,0.05,0.03 --verify 2>&1 | tee "$OUT/select.log" | grep -v "^verify"
-# The mma.sync kernel on the same card, for the notes.
-VEDA_ATTN_KERNEL=sm80 ./build-gpu/veda bench attention --preset wan14b-720p --runs 10 2>&1 | tee "$OUT/sm80.log"
+# 128-token tiles (4x4x8): two 64-row blocks share each key list, half the K/V bytes per FLOP.
+./build-gpu/veda bench attention --preset wan14b-720p --tile 4x4x8 --density 0.05,0.03 --runs 10 2>&1 | tee "$OUT/tile128.log"
+# The mma.sync kernel on the same card (set VEDA_BENCH_SM80=1).
+if [ "${VEDA_BENCH_SM80:-0}" = 1 ]; then
+  VEDA_ATTN_KERNEL=sm80 ./build-gpu/veda bench attention --preset wan14b-720p --runs 10 2>&1 | tee "$OUT/sm80.log"
+fi
 ./build-gpu/veda bench attention --preset wan1.3b-480p --head-dim 64 --density 1.0,0.05 --runs 10 --verify 2>&1 | grep -v "^verify" | tee "$OUT/d64.log"

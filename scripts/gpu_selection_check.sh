@@ -2,8 +2,7 @@
 # Device side, GPU tile selection: build (sm_90a) test_gpu and bench_selection_gpu, run the
 # selection tests (plus compute-sanitizer memcheck on two small cases), then the selection
 # benchmark on wan14b-720p (with the attention ratio) and wan1.3b-480p. Logs under $OUT.
-# Builds from bench/ (which pulls in the whole project) until the top-level CMakeLists.txt has
-# add_subdirectory(bench). Usage: scripts/gpu_selection_check.sh [--no-sanitize] [--no-bench]
+# Usage: scripts/gpu_selection_check.sh [--no-sanitize] [--no-bench]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/veda-out}; mkdir -p "$OUT"
@@ -13,14 +12,8 @@ for a in "$@"; do
 done
 source scripts/gpu_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
-src=bench
-grep -q '^ *add_subdirectory(bench)' CMakeLists.txt && src=.
 t0=$(date +%s)
-cmake -S "$src" -B build-gsel -G Ninja -DCMAKE_BUILD_TYPE=Release -DVEDA_CUDA=ON -DVEDA_CUDA_ARCHS=90a \
-  -DBLAS_LIBRARIES="$_blas/libopenblas.so.0" \
-  -Dnlohmann_json_DIR="$VEDA_DEPS_PREFIX/usr/share/cmake/nlohmann_json" \
-  -DCLI11_DIR="$VEDA_DEPS_PREFIX/usr/share/cmake/CLI11" \
-  -Dfmt_DIR="$_lib/cmake/fmt" -DGTest_DIR="$_lib/cmake/GTest" > "$OUT/sel_configure.log" 2>&1 \
+veda_configure build-gsel -DVEDA_CUDA_ARCHS=90a > "$OUT/sel_configure.log" 2>&1 \
   || { tail -30 "$OUT/sel_configure.log"; exit 1; }
 cmake --build build-gsel -j16 --target test_gpu bench_selection_gpu > "$OUT/sel_build.log" 2>&1 \
   || { grep -E "error|Error" "$OUT/sel_build.log" | head -40; exit 1; }
@@ -30,16 +23,16 @@ bench_bin=$(find build-gsel -name bench_selection_gpu -type f -perm -u+x | head 
 timeout 120 "$test_gpu" --gtest_filter='*Selection*' > "$OUT/sel_test.log" 2>&1
 echo "selection tests rc=$?"
 grep -E "^\s+\S.*rows|FAILED|Failure|PASSED|Expected|Which is|differ|mismatch" "$OUT/sel_test.log" | head -60
-if [ $sanitize = 1 ]; then
-  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$test_gpu" \
-    --gtest_filter='Cases/SelectionGpuRandom.MatchesCpu/stats_f16_d64_b2:Cases/SelectionGpuRandom.MatchesCpu/estimator_noqu_vol128:SelectionGpu.NanIsReported' \
-    --gtest_brief=1 > "$OUT/sel_memcheck.log" 2>&1
-  echo "memcheck rc=$? ($(grep -E "ERROR SUMMARY" "$OUT/sel_memcheck.log" | tail -1))"
-fi
 if [ $bench = 1 ]; then
   timeout 100 "$bench_bin" --preset wan14b-720p --density 0.05 --runs 30 --method stats 2>&1 | tee "$OUT/sel_bench.md"
   for m in mean estimator; do
     timeout 40 "$bench_bin" --preset wan14b-720p --density 0.05 --runs 20 --method $m --no-attention 2>&1 | grep -E "^\| (f32|tf32|bf16) \| q|^## " | tee -a "$OUT/sel_bench.md"
   done
   timeout 40 "$bench_bin" --preset wan1.3b-480p --density 0.05 --runs 30 --method stats 2>&1 | grep -vE "^$" | head -14 | tee -a "$OUT/sel_bench.md"
+fi
+if [ $sanitize = 1 ]; then
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$test_gpu" \
+    --gtest_filter='Cases/SelectionGpuRandom.MatchesCpu/stats_f16_d64_b2:Cases/SelectionGpuRandom.MatchesCpu/estimator_noqu_vol128:SelectionGpu.NanIsReported' \
+    --gtest_brief=1 > "$OUT/sel_memcheck.log" 2>&1
+  echo "memcheck rc=$? ($(grep -E "ERROR SUMMARY" "$OUT/sel_memcheck.log" | tail -1))"
 fi

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 
@@ -285,6 +286,10 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
           VEDA_RETURN_IF_ERROR(attention_cpu(p));
           auto quality = detail::region_quality(sc.mass, mask, out, ref, sc.layouts, filters);
           for (int h = 0; h < heads; ++h) {
+            if (std::getenv("VEDA_CALIBRATE_TRIALS"))
+              say(fmt::format("TRIAL {} {} {} {} {} {:.6f} {:.6f} {:.8g} {:.8g}", layer, c.source, h,
+                              shape.str(), config.budget_scales[s], quality[h].recall, quality[h].rel_l2,
+                              quality[h].error2, quality[h].reference2));
             recall[h][s] += quality[h].recall / double(layer_captures.size());
             rel_l2[h][s] += quality[h].rel_l2 / double(layer_captures.size());
             error2[h][s] += quality[h].error2;

@@ -2,24 +2,27 @@
 //
 // Algorithm: as the mma.sync kernel (FlashAttention-2 order, online softmax in registers), but
 // each 64-row query block is one warpgroup (4 warps, warp w owns rows 16w..16w+15) and the two
-// products are warpgroup MMAs: S[64x64] = Q K^T with both operands read from shared memory
-// (K-major), then O[64xD] += P V with P from registers (the f32 accumulator layout of S, rounded
-// to the input type, is the A-fragment layout) and V read N-major from shared memory (transposed
-// operand). QB warpgroups per CTA share one key list (QB = 2: the halves of a 128-token tile, or
-// neighbouring tiles in dense mode), so each K/V block is loaded once for 128 query rows.
+// products are warpgroup MMAs: S[64xN] = Q K^T with Q as register A fragments (loaded once,
+// straight from global memory) and K read K-major from shared memory (N = 16 for key blocks of
+// <= 16 valid keys, else 64); then O[64xD] += P V with P from registers (the f32 accumulator
+// layout of S, rounded to the input type, is the A-fragment layout) and V read N-major from
+// shared memory (transposed operand), k-steps past the valid keys skipped. QB warpgroups per CTA
+// share one key list (QB = 2: the halves of a 128-token tile, or neighbouring tiles in dense
+// mode), so each K/V block is loaded once for 128 query rows.
 //
 // Data layout: q, k, v, o [B][H][padded tokens][D], D contiguous. Shared memory (1024-byte
-// aligned): Q [QB][D/64][64 rows][64], K and V [2 stages][D/64][64 rows][64]: column blocks of 64
-// elements (128-byte rows), 16-byte chunk c of row r stored at chunk c ^ (r & 7): the canonical
-// 128-byte-swizzle layout that wgmma descriptors name (stride 1024 bytes per 8 rows; for the
-// transposed V operand, 8192 bytes between 64-column blocks).
+// aligned): K and V [2 stages][D/64][64 rows][64]: column blocks of 64 elements (128-byte rows),
+// 16-byte chunk c of row r stored at chunk c ^ (r & 7): the canonical 128-byte-swizzle layout
+// that wgmma descriptors name (stride 1024 bytes per 8 rows; for the transposed V operand, 8192
+// bytes between 64-column blocks). 64 KB per CTA at D = 128, so 3 one-warpgroup CTAs fit an SM.
 //
 // Synchronisation: cp.async double buffer as in the mma.sync kernel (zero-filled padding rows).
 // cp.async writes through the generic proxy and wgmma reads through the async proxy, so every
 // thread fences (fence.proxy.async.shared::cta) after its copies land and before the CTA
 // barrier. Each wgmma batch is committed and waited for (wait_group 0) before its accumulators
 // are read; the stage a prefetch overwrites was last read by wgmmas that completed before the
-// barrier. Overlap comes from 2 CTAs per SM (one's softmax under the other's MMAs).
+// barrier. Overlap comes from 3 CTAs per SM (one's softmax under another's MMAs); there is no
+// producer warp, TMA or mbarrier pipeline yet (docs/perf-notes.md: what that would buy).
 #pragma once
 #include "attention_common.cuh"
 #include "wgmma_ops.cuh"
@@ -66,16 +69,22 @@ __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 1
                      kk > 0 ? 1 : 0);
 }
 
+// CTAs per SM for one warpgroup per CTA (64 KB of shared memory each): 3 caps registers at 168.
+#ifndef VEDA_SM90_CTAS
+#define VEDA_SM90_CTAS 3
+#endif
+inline constexpr int kSm90CtasPerSm = VEDA_SM90_CTAS;
+
 template <int D, int QB, class T>
-__global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
+__global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
     attention_fwd_sm90_kernel(const FwdParams p) {
   constexpr int kThreads = 128 * QB;
   constexpr int kRows = 64 * QB;
   constexpr uint32_t kTileBytes = 64 * D * 2;  // one 64-row tile
   extern __shared__ __align__(128) unsigned char smem_raw90[];
   const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
-  const uint32_t sK = base;                  // [3][tile]
-  const uint32_t sV = sK + 3 * kTileBytes;   // [3][tile]
+  const uint32_t sK = base;                  // [2][tile]
+  const uint32_t sV = sK + 2 * kTileBytes;   // [2][tile]
   const CopyPlan90<D, kThreads> plan;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -121,8 +130,13 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
   float row_sum[2] = {0.f, 0.f};
 
   if (j < n_steps) {
-    // Q straight from global memory into wgmma A fragments (once per CTA): rows r and r + 8,
-    // columns 16*kk + 2*(lane & 3) + {0, 1} and + 8. Rows past the valid count stay zero.
+    plan.template load<64>(sK, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
+    plan.template load<64>(sV, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
+    cp_async_commit();
+
+    // Q straight from global memory into wgmma A fragments (once per CTA, overlapping the
+    // first K/V copies): rows r and r + 8, columns 16*kk + 2*(lane & 3) + {0, 1} and + 8. Rows
+    // past the valid count stay zero.
     uint32_t qf[D / 16][4];
     {
       const int my_valid = group ? q_valid[1] : q_valid[0];
@@ -138,57 +152,44 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
         qf[kk][3] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16 + 8)) : 0u;
       }
     }
-    // Three-stage K/V ring: blocks j (current) and jn (next) are resident at the top of each
-    // step and jnn is being fetched.
-    KeyBlock cur = kb;
-    plan.template load<64>(sK, k_bh + cur.row * p.k_rs, p.k_rs, cur.valid, 0);
-    plan.template load<64>(sV, v_bh + cur.row * p.v_rs, p.v_rs, cur.valid, 0);
-    cp_async_commit();
-    KeyBlock nxt{0, 0};
-    int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, nxt);
-    if (jn < n_steps) {
-      plan.template load<64>(sK + kTileBytes, k_bh + nxt.row * p.k_rs, p.k_rs, nxt.valid, 0);
-      plan.template load<64>(sV + kTileBytes, v_bh + nxt.row * p.v_rs, p.v_rs, nxt.valid, 0);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();  // block j landed (jn may still be in flight)
-    fence_proxy_async_smem();
-    __syncthreads();
-
-    float s[32], s_next[32];
+    float s[32];
 #pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = s_next[i] = 0.f;
-    fence_operands(s);
-    wgmma_fence();
-    s_gemm<64, D, T>(s, qf, sK);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(s);
-
-    int stage = 0;  // stage of block j
+    for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    int stage = 0;
     while (j < n_steps) {
-      const int cur_valid = cur.valid;
-      const int stage_n = stage == 2 ? 0 : stage + 1, stage_nn = stage_n == 2 ? 0 : stage_n + 1;
-      cp_async_wait<0>();  // block jn landed
+      const int cur_valid = kb.valid;
+      cp_async_wait<0>();
       fence_proxy_async_smem();
-      // Everyone is past step j-1: its stage (stage_nn) is free, and jn's data is visible.
       __syncthreads();
-      KeyBlock nn{0, 0};
-      const int jnn = jn < n_steps ? next_key_step(p, row_indices, valid_h, jn + 1, n_steps, nn)
-                                   : n_steps;
-      if (jnn < n_steps) {
-        plan.template load<64>(sK + stage_nn * kTileBytes, k_bh + nn.row * p.k_rs, p.k_rs,
-                               nn.valid, 0);
-        plan.template load<64>(sV + stage_nn * kTileBytes, v_bh + nn.row * p.v_rs, p.v_rs,
-                               nn.valid, 0);
+      const int jn = next_key_step(p, row_indices, valid_h, j + 1, n_steps, kb);
+      if (jn < n_steps) {
+        const uint32_t off = (stage ^ 1) * kTileBytes;
+        plan.template load<64>(sK + off, k_bh + kb.row * p.k_rs, p.k_rs, kb.valid, 0);
+        plan.template load<64>(sV + off, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
       }
       cp_async_commit();
-      // S of the next block runs on the tensor cores while this block's softmax runs here.
-      if (jn < n_steps) {
-        fence_operands(s_next);
-        wgmma_fence();
-        s_gemm<64, D, T>(s_next, qf, sK + stage_n * kTileBytes);
+
+      const uint32_t k_stage = sK + stage * kTileBytes;
+      const uint32_t v_stage = sV + stage * kTileBytes;
+      // S = Q K^T: D/16 k-steps of m64nNk16, Q from registers; N = 16 for key blocks of <= 16
+      // valid keys (the ragged edge tiles of the Wan grids hold 16 or 4), else 64. (A 4-way
+      // switch over N made ptxas serialize the wgmmas: C7511.)
+      fence_operands(s);
+      wgmma_fence();
+      if (cur_valid <= 16) {
+        float s16[32];  // own registers: sharing s with the N=64 form made ptxas serialize
+        fence_operands(s16);
+        s_gemm<16, D, T>(s16, qf, k_stage);
         wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(s16);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s[i] = s16[i];
+      } else {
+        s_gemm<64, D, T>(s, qf, k_stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(s);
       }
 
       if (cur_valid < 64) {
@@ -235,29 +236,19 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
         pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
         pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
       }
-      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand; k-steps past
-      // the valid keys (P = 0 there) are skipped.
-      const uint32_t v_stage = sV + stage * kTileBytes;
+      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand.
       fence_operands(acc);
       wgmma_fence();
-      if (cur_valid > 16) {
 #pragma unroll
-        for (int t = 0; t < 4; ++t)
+      for (int t = 0; t < 4; ++t) {
+        if (t * 16 < cur_valid)  // CTA-uniform: P is zero past the valid keys
           wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
-      } else {
-        wgmma_rs_tb<D, T>(acc, pf[0], smem_desc_128b(v_stage, 8192, 1024));
       }
       wgmma_commit();
-      wgmma_wait<0>();  // S of the next block and this P V
+      wgmma_wait<0>();
       fence_operands(acc);
-      fence_operands(s_next);
-#pragma unroll
-      for (int i = 0; i < 32; ++i) s[i] = s_next[i];
-      stage = stage_n;
+      stage ^= 1;
       j = jn;
-      cur = nxt;
-      jn = jnn;
-      nxt = nn;
     }
     cp_async_wait<0>();
   }
@@ -291,7 +282,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
 
 template <int D, int QB>
 constexpr int sm90_smem_bytes() {
-  return 6 * 64 * D * 2 + 1024;  // K and V, 3 stages each, + alignment slack
+  return 4 * 64 * D * 2 + 1024;  // K and V, 2 stages each, + alignment slack
 }
 
 }  // namespace veda::cuda
