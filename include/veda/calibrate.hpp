@@ -1,6 +1,7 @@
 // Calibration: from captured attention to a Profile. Per layer and head it fits the distilled
-// estimator for every candidate tile shape, keeps the shape whose sparse output reconstructs dense
-// attention best at the target density, and splits the density budget across heads to minimise
+// estimator for every candidate tile shape, keeps the shape with the highest tile-mass recall among
+// those whose sparse output reconstructs dense attention no worse than 4x4x4's at the target
+// density (ShapeCriterion), and splits the density budget across heads to minimise
 // the error of the layer's whole attention output, all heads together (not recall: moving tiles to
 // raise recall can hurt the output; and not the mean of per-head relative errors, which a diffuse
 // head with a small output would dominate).
@@ -32,18 +33,37 @@ std::vector<bool> query_tiles_in_region(const TileLayout& layout, int max_tiles,
 // extents do not exceed the grid's (volume 64; other volumes need explicit candidates).
 std::vector<TileShape> default_candidate_shapes(Grid grid, int volume = kDefaultTileVolume);
 
+// How calibration picks a head's tile shape from its trials (fitted estimator, target density,
+// aggregated over all of the layer's calibration captures: recall and rel-L2 averaged).
+enum class ShapeCriterion {
+  // Highest mean recall among the shapes whose rel-L2 is no worse than the reference shape's
+  // (CalibrationConfig::fallback_shape, 4x4x4) on every calibration capture of the layer, so that
+  // one capture cannot pick a shape that loses elsewhere: more of the attention mass without a
+  // worse output. Cross-validated between two generations (calibrate on one, score on the other)
+  // this kept most of the recall of a recall-only choice and most of the error gain of kMinError,
+  // while kMinError gave diffuse heads shapes (1x8x8) that lowered their recall below 4x4x4's.
+  kMaxRecallWithinError,
+  kMinError,  // lowest rel-L2, ties broken by recall (the original rule)
+};
+
 struct CalibrationConfig {
   double density = 0.05;
   std::vector<TileShape> candidate_shapes;  // empty: default_candidate_shapes(grid)
-  TileShape fallback_shape{4, 4, 4};        // used when choose_shapes is off
+  TileShape fallback_shape{4, 4, 4};        // used when choose_shapes is off; kMaxRecallWithinError's reference
+  ShapeCriterion shape_criterion = ShapeCriterion::kMaxRecallWithinError;
+  // kMaxRecallWithinError: a shape qualifies when its rel-L2 <= reference's * (1 + this) on every
+  // calibration capture.
+  double shape_error_tolerance = 0;
   bool fit_estimator = true;                // off: mean pooling (+ log valid count) per head
   bool choose_shapes = true;
   bool split_budget = true;
   // Head density multipliers the budget split may use; their mean over heads stays <= 1.
   std::vector<double> budget_scales{0.5, 0.75, 1.0, 1.5, 2.0};
   // The split may lower the mean recall over heads by at most this much (on calibration data):
-  // output error is the objective, but a split that trades much recall for it rarely holds up.
-  double max_recall_loss = 0.01;
+  // output error is the objective, but a split that trades recall for it rarely holds up (across
+  // generations a 0.01 allowance cost more recall than it gained in output error), so by default
+  // the split must not lower recall at all.
+  double max_recall_loss = 0;
   SelectMode mode = SelectMode::kTopK;
   FitOptions fit;
   QueryRegion query_region = QueryRegion::kAll;
@@ -57,6 +77,7 @@ struct ShapeTrial {
   // Per budget scale (CalibrationConfig::budget_scales), averaged over the layer's captures;
   // error2 is the squared output error summed over the captures (what the budget split adds up).
   std::vector<double> recall, rel_l2, error2;
+  std::vector<double> capture_rel_l2;  // per capture of the layer, at the target density (scale 1)
 };
 
 struct HeadCalibration {

@@ -24,7 +24,8 @@ Result<std::string> cuda_device_description();
 // selected key tile are zero (lse -inf). Asynchronous on `stream`; launch errors are returned.
 Status attention_cuda(const AttentionParams& p, void* stream = nullptr);
 
-// Which kernel attention_cuda would run for `p` on the current device ("sm90" / "sm80").
+// Which kernel attention_cuda would run for `p` on the current device and its 64-row query
+// blocks per CTA: "sm90-qb1", "sm80-qb2", ...
 std::string attention_cuda_kernel_name(const AttentionParams& p);
 
 // Times attention_cuda with CUDA events: `warmup` untimed runs, then `runs` timed ones; returns
@@ -44,7 +45,10 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   void* data() const { return ptr_; }
-  template <class T> T* as() const { return static_cast<T*>(ptr_); }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t size() const { return bytes_; }
 
  private:

@@ -32,6 +32,9 @@ struct SelectionConfig {
 // Tiles with logit -inf are never selected unless forced; a NaN or +inf logit of an existing
 // (query, key) pair is a numeric_error. Rows of query tiles that do not exist get count 0.
 // The mask's max_k is the largest budget (or forced count) over heads, not the largest count.
+// The budget rule above: clamp(round(density * existing_tiles), 1, existing_tiles).
+int selection_budget(double density, int existing_tiles);
+
 Result<TileMask> select_tiles(const Tensor& logits, const HeadLayouts& layouts,
                               const SelectionConfig& config);
 

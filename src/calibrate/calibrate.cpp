@@ -180,6 +180,8 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
     if (std::abs(scale - 1) < 1e-9) unit_scale = int(s);
   }
   if (unit_scale < 0) return invalid_argument("budget_scales must contain 1");
+  if (!(config.max_recall_loss >= 0) || !(config.shape_error_tolerance >= 0))
+    return invalid_argument("max_recall_loss and shape_error_tolerance must be >= 0");
   const int heads = int(captures.front().q.dim(1));
   for (const Capture& c : captures) {
     if (c.q.rank() != 4 || c.q.dim(1) != heads)
@@ -263,6 +265,7 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
       const size_t n_scales = config.budget_scales.size();
       std::vector<std::vector<double>> recall(heads, std::vector<double>(n_scales, 0));
       std::vector<std::vector<double>> rel_l2 = recall, error2 = recall;
+      std::vector<std::vector<double>> capture_rel_l2(heads);
       reference2.assign(heads, 0);
       for (size_t ci = 0; ci < layer_captures.size(); ++ci) {
         const Capture& c = *layer_captures[ci];
@@ -286,6 +289,8 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
           VEDA_RETURN_IF_ERROR(attention_cpu(p));
           auto quality = detail::region_quality(sc.mass, mask, out, ref, sc.layouts, filters);
           for (int h = 0; h < heads; ++h) {
+            // VEDA_CALIBRATE_TRIALS set: one progress line per (capture, head, shape, scale), the
+            // raw data for cross-validating calibration settings between generations.
             if (std::getenv("VEDA_CALIBRATE_TRIALS"))
               say(fmt::format("TRIAL {} {} {} {} {} {:.6f} {:.6f} {:.8g} {:.8g}", layer, c.source, h,
                               shape.str(), config.budget_scales[s], quality[h].recall, quality[h].rel_l2,
@@ -294,12 +299,13 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
             rel_l2[h][s] += quality[h].rel_l2 / double(layer_captures.size());
             error2[h][s] += quality[h].error2;
             if (s == 0) reference2[h] += quality[h].reference2;
+            if (int(s) == unit_scale) capture_rel_l2[h].push_back(quality[h].rel_l2);
           }
         }
       }
       std::string line = fmt::format("  shape {:>7}:", shape.str());
       for (int h = 0; h < heads; ++h) {
-        report.heads[h].trials.push_back({shape, fits[h], recall[h], rel_l2[h], error2[h]});
+        report.heads[h].trials.push_back({shape, fits[h], recall[h], rel_l2[h], error2[h], capture_rel_l2[h]});
         line += fmt::format(" h{} recall {:.3f} rel-L2 {:.3f}", h, recall[h][unit_scale], rel_l2[h][unit_scale]);
         if (config.fit_estimator) line += fmt::format(" (KL {:.3f}->{:.3f})", fits[h].initial_loss, fits[h].final_loss);
         line += ";";
@@ -307,17 +313,38 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
       say(line);
     }
 
-    // Shape per head: lowest output error at the target density, then highest recall.
+    // Shape per head (see ShapeCriterion), from the trials at the target density.
     std::vector<std::vector<double>> chosen_errors(heads), chosen_recall(heads);
     for (int h = 0; h < heads; ++h) {
       HeadCalibration& hc = report.heads[h];
-      int best = 0;
-      for (int t = 1; t < int(hc.trials.size()); ++t) {
-        const ShapeTrial &a = hc.trials[t], &b = hc.trials[best];
-        if (a.rel_l2[unit_scale] < b.rel_l2[unit_scale] - 1e-12 ||
-            (std::abs(a.rel_l2[unit_scale] - b.rel_l2[unit_scale]) <= 1e-12 &&
-             a.recall[unit_scale] > b.recall[unit_scale]))
+      // Without the reference shape among the candidates, kMaxRecallWithinError has no error
+      // bound and falls back to kMinError.
+      const ShapeTrial* reference = nullptr;
+      if (config.shape_criterion == ShapeCriterion::kMaxRecallWithinError) {
+        for (const ShapeTrial& t : hc.trials)
+          if (t.tile == config.fallback_shape) reference = &t;
+      }
+      const bool by_recall = reference != nullptr;
+      auto within_error = [&](const ShapeTrial& t) {
+        for (size_t c = 0; c < t.capture_rel_l2.size(); ++c)
+          if (t.capture_rel_l2[c] > reference->capture_rel_l2[c] * (1 + config.shape_error_tolerance) + 1e-12)
+            return false;
+        return true;
+      };
+      int best = -1;
+      for (int t = 0; t < int(hc.trials.size()); ++t) {
+        const ShapeTrial& a = hc.trials[t];
+        if (by_recall && !within_error(a)) continue;
+        if (best < 0) {
           best = t;
+          continue;
+        }
+        const ShapeTrial& b = hc.trials[best];
+        const double ra = a.recall[unit_scale], rb = b.recall[unit_scale];
+        const double ea = a.rel_l2[unit_scale], eb = b.rel_l2[unit_scale];
+        const bool better = by_recall ? (ra > rb + 1e-12 || (std::abs(ra - rb) <= 1e-12 && ea < eb))
+                                      : (ea < eb - 1e-12 || (std::abs(ea - eb) <= 1e-12 && ra > rb));
+        if (better) best = t;
       }
       hc.chosen_trial = best;
       chosen_errors[h] = hc.trials[best].error2;

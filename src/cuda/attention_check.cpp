@@ -64,11 +64,14 @@ Result<DeviceProblem> DeviceProblem::make(int batch, const HeadLayouts& layouts,
   VEDA_ASSIGN_OR_RETURN(p.v, DeviceBuffer::allocate(bytes));
   VEDA_ASSIGN_OR_RETURN(p.o, DeviceBuffer::allocate(bytes));
   VEDA_ASSIGN_OR_RETURN(p.lse, DeviceBuffer::allocate(size_t(batch) * p.heads * p.tokens * 4));
-  VEDA_RETURN_IF_ERROR(fill_device_uniform(p.q.data(), dtype, n, seed * 3 + 1, -qk_range, qk_range));
-  VEDA_RETURN_IF_ERROR(fill_device_uniform(p.k.data(), dtype, n, seed * 3 + 2, -qk_range, qk_range));
+  VEDA_RETURN_IF_ERROR(
+      fill_device_uniform(p.q.data(), dtype, n, seed * 3 + 1, -qk_range, qk_range));
+  VEDA_RETURN_IF_ERROR(
+      fill_device_uniform(p.k.data(), dtype, n, seed * 3 + 2, -qk_range, qk_range));
   VEDA_RETURN_IF_ERROR(fill_device_uniform(p.v.data(), dtype, n, seed * 3 + 3, -1.f, 1.f));
   VEDA_ASSIGN_OR_RETURN(p.valid, DeviceBuffer::allocate(p.valid_host.size() * 4));
-  VEDA_RETURN_IF_ERROR(copy_to_device(p.valid.data(), p.valid_host.data(), p.valid_host.size() * 4));
+  VEDA_RETURN_IF_ERROR(
+      copy_to_device(p.valid.data(), p.valid_host.data(), p.valid_host.size() * 4));
   if (mask) {
     if (mask->batch != batch || mask->heads != p.heads || mask->q_tiles != p.num_tiles)
       return invalid_argument("DeviceProblem: mask does not match the problem");
@@ -76,8 +79,10 @@ Result<DeviceProblem> DeviceProblem::make(int batch, const HeadLayouts& layouts,
     p.mask_host = *mask;
     p.max_k = mask->max_k;
     VEDA_ASSIGN_OR_RETURN(p.counts, DeviceBuffer::allocate(mask->counts.size() * 4));
-    VEDA_ASSIGN_OR_RETURN(p.indices, DeviceBuffer::allocate(std::max<size_t>(mask->indices.size(), 1) * 4));
-    VEDA_RETURN_IF_ERROR(copy_to_device(p.counts.data(), mask->counts.data(), mask->counts.size() * 4));
+    VEDA_ASSIGN_OR_RETURN(p.indices,
+                          DeviceBuffer::allocate(std::max<size_t>(mask->indices.size(), 1) * 4));
+    VEDA_RETURN_IF_ERROR(
+        copy_to_device(p.counts.data(), mask->counts.data(), mask->counts.size() * 4));
     if (!mask->indices.empty())
       VEDA_RETURN_IF_ERROR(
           copy_to_device(p.indices.data(), mask->indices.data(), mask->indices.size() * 4));
@@ -121,8 +126,8 @@ Result<std::vector<float>> DeviceProblem::slice_to_host(const DeviceBuffer& buf,
                                                         int h) const {
   const size_t n = size_t(tokens) * head_dim, es = dtype_size(dtype);
   std::vector<uint16_t> raw(n);
-  const auto* base = static_cast<const unsigned char*>(buf.data()) +
-                     (size_t(b) * heads + h) * n * es;
+  const auto* base =
+      static_cast<const unsigned char*>(buf.data()) + (size_t(b) * heads + h) * n * es;
   VEDA_RETURN_IF_ERROR(copy_to_host(raw.data(), base, n * es));
   std::vector<float> out(n);
   convert_to_f32(raw.data(), dtype, out.data(), n);
@@ -131,8 +136,7 @@ Result<std::vector<float>> DeviceProblem::slice_to_host(const DeviceBuffer& buf,
 
 Result<std::vector<float>> DeviceProblem::lse_to_host(int b, int h) const {
   std::vector<float> out(static_cast<size_t>(tokens));
-  VEDA_RETURN_IF_ERROR(copy_to_host(out.data(),
-                                    lse.as<float>() + (size_t(b) * heads + h) * tokens,
+  VEDA_RETURN_IF_ERROR(copy_to_host(out.data(), lse.as<float>() + (size_t(b) * heads + h) * tokens,
                                     size_t(tokens) * 4));
   return out;
 }
@@ -214,8 +218,8 @@ std::string CheckResult::summary() const {
   return fmt::format(
       "{} err_gpu {:.3e} err_lowp {:.3e} (bound {:.3e}) err_lse {:.2e} max|ref| {:.3f} "
       "nonfinite {} bad_padding {} bad_lse {} tiles {}",
-      pass() ? "PASS" : "FAIL", err_gpu, err_lowp, 2 * err_lowp + atol, err_lse, max_ref,
-      nonfinite, bad_padding, bad_lse, checked_tiles);
+      pass() ? "PASS" : "FAIL", err_gpu, err_lowp, 2 * err_lowp + atol, err_lse, max_ref, nonfinite,
+      bad_padding, bad_lse, checked_tiles);
 }
 
 std::vector<int> sample_tiles(int num_tiles, int n, uint64_t seed) {
@@ -275,8 +279,8 @@ Result<CheckResult> check_slice(const DeviceProblem& pr, int b, int h,
     }
   }
 
-  const std::vector<int> q_tiles = q_tiles_in.empty() ? sample_tiles(pr.num_tiles, pr.num_tiles, 0)
-                                                      : q_tiles_in;
+  const std::vector<int> q_tiles =
+      q_tiles_in.empty() ? sample_tiles(pr.num_tiles, pr.num_tiles, 0) : q_tiles_in;
   res.checked_tiles = int(q_tiles.size());
   const int nthreads = threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<CheckResult> partial(nthreads);

@@ -47,13 +47,13 @@ struct DeviceProblem {
 };
 
 struct CheckResult {
-  double err_gpu = 0;    // max |gpu - ref64| over checked valid rows
-  double err_lowp = 0;   // max |lowp - ref64|
-  double err_lse = 0;    // max |lse_gpu - lse64| over checked valid rows of non-empty tiles
-  double max_ref = 0;    // max |ref64|
-  int64_t nonfinite = 0;      // NaN/Inf in valid rows of the whole slice
-  int64_t bad_padding = 0;    // padding-row elements of the whole slice that are not exactly 0
-  int64_t bad_lse = 0;        // lse of padding rows / empty tiles not -inf, or NaN anywhere
+  double err_gpu = 0;       // max |gpu - ref64| over checked valid rows
+  double err_lowp = 0;      // max |lowp - ref64|
+  double err_lse = 0;       // max |lse_gpu - lse64| over checked valid rows of non-empty tiles
+  double max_ref = 0;       // max |ref64|
+  int64_t nonfinite = 0;    // NaN/Inf in valid rows of the whole slice
+  int64_t bad_padding = 0;  // padding-row elements of the whole slice that are not exactly 0
+  int64_t bad_lse = 0;      // lse of padding rows / empty tiles not -inf, or NaN anywhere
   int checked_tiles = 0;
   double atol = 1e-4;
   bool pass() const;

@@ -2,6 +2,7 @@
 // choice, timing and small device-memory helpers. Plain C++ (the kernels live in
 // attention_kernels.cu). Every CUDA call is checked and turned into a Status.
 #include <cuda_runtime.h>
+#include <fmt/core.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,27 +11,20 @@
 #include <utility>
 #include <vector>
 
-#include <fmt/core.h>
-
+#include "cuda/cuda_check.hpp"
 #include "cuda/attention_launch.hpp"
 #include "veda/cuda.hpp"
 
 namespace veda {
 namespace {
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status::ok();
-  return Status(ErrorCode::kCudaError,
-                fmt::format("{}: {} ({})", what, cudaGetErrorString(err), cudaGetErrorName(err)));
-}
-#define VEDA_CUDA_CHECK(expr) VEDA_RETURN_IF_ERROR(cuda_status((expr), #expr))
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 Status check_cuda_params(const AttentionParams& p) {
   if (p.dtype != DType::kF16 && p.dtype != DType::kBF16)
-    return unsupported(fmt::format("attention_cuda: dtype {} (f16 and bf16 only)",
-                                   dtype_name(p.dtype)));
+    return unsupported(
+        fmt::format("attention_cuda: dtype {} (f16 and bf16 only)", dtype_name(p.dtype)));
   if (p.head_dim != 64 && p.head_dim != 128)
     return unsupported(fmt::format("attention_cuda: head_dim {} (64 and 128 only)", p.head_dim));
   if (p.tile_size != 64 && p.tile_size != 128)
@@ -38,8 +32,8 @@ Status check_cuda_params(const AttentionParams& p) {
   if (!p.q || !p.k || !p.v || !p.o || !p.tile_valid)
     return invalid_argument("attention_cuda: q, k, v, o and tile_valid must be set");
   if (p.batch <= 0 || p.heads <= 0 || p.num_tiles <= 0)
-    return invalid_argument(fmt::format("attention_cuda: batch {}, heads {}, num_tiles {}",
-                                        p.batch, p.heads, p.num_tiles));
+    return invalid_argument(fmt::format("attention_cuda: batch {}, heads {}, num_tiles {}", p.batch,
+                                        p.heads, p.num_tiles));
   if (p.batch > 65535 || p.heads > 65535)
     return unsupported("attention_cuda: batch and heads must each be <= 65535");
   if (p.tokens != int64_t(p.num_tiles) * p.tile_size)
@@ -50,8 +44,8 @@ Status check_cuda_params(const AttentionParams& p) {
   if ((p.mask_counts == nullptr) != (p.mask_indices == nullptr))
     return invalid_argument("attention_cuda: mask_counts and mask_indices go together");
   if (p.mask_counts && (p.max_k < 0 || p.max_k > p.num_tiles))
-    return invalid_argument(fmt::format("attention_cuda: max_k {} not in [0, num_tiles {}]",
-                                        p.max_k, p.num_tiles));
+    return invalid_argument(
+        fmt::format("attention_cuda: max_k {} not in [0, num_tiles {}]", p.max_k, p.num_tiles));
   for (const void* ptr : {p.q, p.k, p.v, static_cast<const void*>(p.o)})
     if (!aligned16(ptr)) return invalid_argument("attention_cuda: q/k/v/o must be 16-byte aligned");
   for (int64_t s : {p.q_batch_stride, p.q_head_stride, p.q_row_stride, p.k_batch_stride,
@@ -59,8 +53,8 @@ Status check_cuda_params(const AttentionParams& p) {
                     p.v_row_stride, p.o_batch_stride, p.o_head_stride, p.o_row_stride})
     if (s % 8 != 0)
       return invalid_argument("attention_cuda: strides must be multiples of 8 elements");
-  if (p.q_row_stride < p.head_dim || p.k_row_stride < p.head_dim ||
-      p.v_row_stride < p.head_dim || p.o_row_stride < p.head_dim)
+  if (p.q_row_stride < p.head_dim || p.k_row_stride < p.head_dim || p.v_row_stride < p.head_dim ||
+      p.o_row_stride < p.head_dim)
     return invalid_argument("attention_cuda: row strides must be >= head_dim (D contiguous)");
   return Status::ok();
 }
@@ -104,11 +98,16 @@ Result<DeviceInfo> current_device_info() {
   return info;
 }
 
-// Rows per CTA (both kernels): two 64-row blocks when they share a key list (the
-// halves of a 128-token tile, or neighbours in dense mode). VEDA_ATTN_QB=1|2 overrides (tuning).
-int sm80_query_blocks(const AttentionParams& p) {
+// 64-row query blocks per CTA. Two blocks share a CTA when they share a key list (the halves of
+// a 128-token tile, or neighbours in dense mode), halving the K/V stream; both kernels do so by
+// default. For the wgmma kernel, one block per CTA (3 CTAs per SM) measured faster on H100 (dense
+// wan1.3b 21.6 vs 23.1 ms; 128-token tiles at 5% on wan14b 18.2 vs 20.4 ms) but that combination
+// with 128-token tiles has not yet been through the GPU tests, so it stays opt-in:
+// VEDA_ATTN_QB=1|2 overrides (tuning, tests). See docs/perf-notes.md.
+int query_blocks(const AttentionParams& p, bool sm90) {
   const bool shared_list = p.tile_size == 128 || p.mask_counts == nullptr;
   int qb = shared_list ? 2 : 1;
+  (void)sm90;
   if (const char* env = std::getenv("VEDA_ATTN_QB")) {
     const int v = std::atoi(env);
     if (v == 1 || (v == 2 && shared_list)) qb = v;
@@ -148,7 +147,8 @@ Result<std::string> cuda_device_description() {
 std::string attention_cuda_kernel_name(const AttentionParams& p) {
   auto info = current_device_info();
   if (!info) return "none";
-  return fmt::format("{}-qb{}", use_sm90(p, *info) ? "sm90" : "sm80", sm80_query_blocks(p));
+  const bool sm90 = use_sm90(p, *info);
+  return fmt::format("{}-qb{}", sm90 ? "sm90" : "sm80", query_blocks(p, sm90));
 }
 
 Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
@@ -161,10 +161,10 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const auto elem = p.dtype == DType::kF16 ? cuda::Elem::kF16 : cuda::Elem::kBF16;
   if (use_sm90(p, info)) {
-    VEDA_CUDA_CHECK(cuda::launch_attention_sm90(f, elem, int(p.head_dim), sm80_query_blocks(p),
+    VEDA_CUDA_CHECK(cuda::launch_attention_sm90(f, elem, int(p.head_dim), query_blocks(p, true),
                                                 int(p.batch), stream));
   } else {
-    VEDA_CUDA_CHECK(cuda::launch_attention_sm80(f, elem, int(p.head_dim), sm80_query_blocks(p),
+    VEDA_CUDA_CHECK(cuda::launch_attention_sm80(f, elem, int(p.head_dim), query_blocks(p, false),
                                                 int(p.batch), stream));
   }
   return Status::ok();

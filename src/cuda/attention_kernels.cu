@@ -25,7 +25,8 @@ template <class T>
 cudaError_t launch_sm80_t(const FwdParams& f, int head_dim, int qb, int batch,
                           cudaStream_t stream) {
   if (head_dim == 64)
-    return qb == 2 ? launch_sm80<64, 2, T>(f, batch, stream) : launch_sm80<64, 1, T>(f, batch, stream);
+    return qb == 2 ? launch_sm80<64, 2, T>(f, batch, stream)
+                   : launch_sm80<64, 1, T>(f, batch, stream);
   if (head_dim == 128)
     return qb == 2 ? launch_sm80<128, 2, T>(f, batch, stream)
                    : launch_sm80<128, 1, T>(f, batch, stream);
@@ -48,7 +49,8 @@ template <class T>
 cudaError_t launch_sm90_t(const FwdParams& f, int head_dim, int qb, int batch,
                           cudaStream_t stream) {
   if (head_dim == 64)
-    return qb == 2 ? launch_sm90<64, 2, T>(f, batch, stream) : launch_sm90<64, 1, T>(f, batch, stream);
+    return qb == 2 ? launch_sm90<64, 2, T>(f, batch, stream)
+                   : launch_sm90<64, 1, T>(f, batch, stream);
   if (head_dim == 128)
     return qb == 2 ? launch_sm90<128, 2, T>(f, batch, stream)
                    : launch_sm90<128, 1, T>(f, batch, stream);
@@ -69,9 +71,12 @@ __global__ void fill_uniform_kernel(T* dst, size_t n, uint64_t seed, float lo, f
        i += size_t(gridDim.x) * blockDim.x) {
     const uint64_t r = mix64(seed * 0x9e3779b97f4a7c15ull + i);
     const float x = lo + (hi - lo) * (float(r >> 40) * (1.f / 16777216.f));
-    if constexpr (std::is_same_v<T, float>) dst[i] = x;
-    else if constexpr (std::is_same_v<T, __half>) dst[i] = __float2half_rn(x);
-    else dst[i] = __float2bfloat16_rn(x);
+    if constexpr (std::is_same_v<T, float>)
+      dst[i] = x;
+    else if constexpr (std::is_same_v<T, __half>)
+      dst[i] = __float2half_rn(x);
+    else
+      dst[i] = __float2bfloat16_rn(x);
   }
 }
 template <class T>
@@ -88,9 +93,12 @@ cudaError_t launch_fill(void* dst, size_t n, uint64_t seed, float lo, float hi) 
 cudaError_t launch_attention_sm80(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream) {
   switch (elem) {
-    case Elem::kF16: return launch_sm80_t<__half>(f, head_dim, qb, batch, stream);
-    case Elem::kBF16: return launch_sm80_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
-    default: return cudaErrorInvalidValue;
+    case Elem::kF16:
+      return launch_sm80_t<__half>(f, head_dim, qb, batch, stream);
+    case Elem::kBF16:
+      return launch_sm80_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
@@ -112,18 +120,23 @@ bool sm90_kernel_available() {
 cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream) {
   switch (elem) {
-    case Elem::kF16: return launch_sm90_t<__half>(f, head_dim, qb, batch, stream);
-    case Elem::kBF16: return launch_sm90_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
-    default: return cudaErrorInvalidValue;
+    case Elem::kF16:
+      return launch_sm90_t<__half>(f, head_dim, qb, batch, stream);
+    case Elem::kBF16:
+      return launch_sm90_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo,
-                                float hi) {
+cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi) {
   switch (elem) {
-    case Elem::kF32: return launch_fill<float>(dst, n, seed, lo, hi);
-    case Elem::kF16: return launch_fill<__half>(dst, n, seed, lo, hi);
-    case Elem::kBF16: return launch_fill<__nv_bfloat16>(dst, n, seed, lo, hi);
+    case Elem::kF32:
+      return launch_fill<float>(dst, n, seed, lo, hi);
+    case Elem::kF16:
+      return launch_fill<__half>(dst, n, seed, lo, hi);
+    case Elem::kBF16:
+      return launch_fill<__nv_bfloat16>(dst, n, seed, lo, hi);
   }
   return cudaErrorInvalidValue;
 }

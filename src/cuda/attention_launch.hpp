@@ -20,12 +20,12 @@ struct FwdParams {
   int64_t k_bs, k_hs, k_rs;
   int64_t v_bs, v_hs, v_rs;
   int64_t o_bs, o_hs, o_rs;
-  int64_t tokens;        // padded tokens per (b, h) = num_tiles * tile_size
+  int64_t tokens;  // padded tokens per (b, h) = num_tiles * tile_size
   int heads;
   int num_tiles;
-  int tile_size;         // 64 or 128
-  int subs;              // tile_size / 64: 64-row blocks per tile
-  int num_q_blocks;      // num_tiles * subs
+  int tile_size;     // 64 or 128
+  int subs;          // tile_size / 64: 64-row blocks per tile
+  int num_q_blocks;  // num_tiles * subs
   int max_k;
   const int32_t* tile_valid;    // [heads][num_tiles]
   const int32_t* mask_counts;   // [B][H][num_tiles] or null (dense)

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/cuda_check.hpp"
+#include "dit/wan_ops.hpp"
 #include "cuda/dit_launch.hpp"
 #include "veda/attention.hpp"
 #include "veda/cuda.hpp"
@@ -27,18 +29,6 @@
 namespace veda {
 namespace {
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status::ok();
-  return Status(ErrorCode::kCudaError,
-                fmt::format("{}: {} ({})", what, cudaGetErrorString(err), cudaGetErrorName(err)));
-}
-Status cublas_status(cublasStatus_t st, const char* what) {
-  if (st == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  return Status(ErrorCode::kCudaError,
-                fmt::format("{}: {} ({})", what, cublasLtGetStatusString(st), int(st)));
-}
-#define DIT_CUDA_CHECK(expr) VEDA_RETURN_IF_ERROR(cuda_status((expr), #expr))
-#define DIT_CUBLAS_CHECK(expr) VEDA_RETURN_IF_ERROR(cublas_status((expr), #expr))
 
 // nn.Linear on the device: weight bf16 [out, in], bias [out] in the output's dtype.
 struct DevLinear {
@@ -169,7 +159,7 @@ Result<DevWeights> make_weights(const WanConfig& c, int layers, const Checkpoint
                                                 -0.1f, 0.1f, bytes));
   VEDA_ASSIGN_OR_RETURN(w.proj_out, src.linear("proj_out", int64_t(c.out_channels) * c.patch_volume(),
                                                dim, true, bytes));
-  DIT_CUDA_CHECK(cudaDeviceSynchronize());
+  VEDA_CUDA_CHECK(cudaDeviceSynchronize());
   return Result<DevWeights>(std::move(w));
 }
 
@@ -186,7 +176,7 @@ class GemmRunner {
   GemmRunner& operator=(const GemmRunner&) = delete;
 
   Status init() {
-    DIT_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    VEDA_CUBLAS_CHECK(cublasLtCreate(&lt_));
     VEDA_ASSIGN_OR_RETURN(workspace_, DeviceBuffer::allocate(kWorkspace));
     return Status::ok();
   }
@@ -206,10 +196,10 @@ class GemmRunner {
     }
     Plan& p = it->second;
     const void* bias = l.bias.data();
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                     sizeof(bias)));
     const float alpha = 1.f, beta = 0.f;
-    DIT_CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &alpha, l.weight.data(), p.a, x, p.b, &beta, y, p.d,
+    VEDA_CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &alpha, l.weight.data(), p.a, x, p.b, &beta, y, p.d,
                                     y, p.d, &p.algo, workspace_.data(), kWorkspace, stream));
     return Status::ok();
   }
@@ -231,21 +221,21 @@ class GemmRunner {
   };
 
   Status make_plan(const DevLinear& l, int64_t rows, Plan* p) {
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     const void* bias = l.bias.data();
-    DIT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                     sizeof(bias)));
     const cudaDataType_t out_type = l.f32_out ? CUDA_R_32F : CUDA_R_16BF;
-    DIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, uint64_t(l.in), uint64_t(l.out), l.in));
-    DIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, uint64_t(l.in), uint64_t(rows), l.in));
-    DIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, out_type, uint64_t(l.out), uint64_t(rows), l.out));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, uint64_t(l.in), uint64_t(l.out), l.in));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, uint64_t(l.in), uint64_t(rows), l.in));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, out_type, uint64_t(l.out), uint64_t(rows), l.out));
     cublasLtMatmulPreference_t pref = nullptr;
-    DIT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspace;
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
@@ -255,7 +245,7 @@ class GemmRunner {
       st = cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->d, p->d, pref, 1, &heur, &found);
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    DIT_CUBLAS_CHECK(st);
+    VEDA_CUBLAS_CHECK(st);
     if (found == 0) {
       return unsupported(fmt::format("cuBLASLt has no algorithm for the linear [{} x {}] x [{} x {}]^T",
                                      rows, l.in, l.out, l.in));
@@ -290,15 +280,15 @@ class PartTimer {
   // Records the final event, synchronises and sums the intervals.
   Status finish(WanCudaTimings* t) {
     VEDA_RETURN_IF_ERROR(record(kOther));
-    DIT_CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1]));
+    VEDA_CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1]));
     double sums[4] = {0, 0, 0, 0};
     for (size_t i = 0; i + 1 < used_; ++i) {
       float ms = 0;
-      DIT_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
+      VEDA_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
       sums[parts_[i]] += ms;
     }
     float total = 0;
-    DIT_CUDA_CHECK(cudaEventElapsedTime(&total, events_[0], events_[used_ - 1]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&total, events_[0], events_[used_ - 1]));
     if (t) {
       t->total_ms = total;
       if (per_part_) {
@@ -315,10 +305,10 @@ class PartTimer {
   Status record(Part part) {
     if (used_ == events_.size()) {
       cudaEvent_t e = nullptr;
-      DIT_CUDA_CHECK(cudaEventCreate(&e));
+      VEDA_CUDA_CHECK(cudaEventCreate(&e));
       events_.push_back(e);
     }
-    DIT_CUDA_CHECK(cudaEventRecord(events_[used_], nullptr));
+    VEDA_CUDA_CHECK(cudaEventRecord(events_[used_], nullptr));
     parts_.push_back(part);
     ++used_;
     return Status::ok();
@@ -329,48 +319,15 @@ class PartTimer {
   size_t used_ = 0;
 };
 
-// Wan's 3D RoPE table, [tokens][head_dim / 2] (cos, sin) (src/dit/wan_ops.cpp make_rope_table).
-std::vector<float> rope_table(Grid grid, int head_dim, double theta = 10000.0) {
-  const int hw_dim = 2 * (head_dim / 6);
-  const int t_dim = head_dim - 2 * hw_dim;
-  const int pairs = head_dim / 2;
-  std::vector<int> pair_axis;
-  std::vector<double> pair_freq;
-  const int part_dims[3] = {t_dim, hw_dim, hw_dim};
-  for (int axis = 0; axis < 3; ++axis) {
-    for (int i = 0; i < part_dims[axis] / 2; ++i) {
-      pair_axis.push_back(axis);
-      pair_freq.push_back(1.0 / std::pow(theta, double(2 * i) / double(part_dims[axis])));
-    }
+// Wan's 3D RoPE table (the CPU path's) interleaved for the kernel: [tokens][head_dim / 2] (cos, sin).
+std::vector<float> rope_table(Grid grid, int head_dim) {
+  const wan_ops::RopeTable rope = wan_ops::make_rope_table(grid, head_dim);
+  std::vector<float> table(rope.cos.size() * 2);
+  for (size_t i = 0; i < rope.cos.size(); ++i) {
+    table[2 * i] = rope.cos[i];
+    table[2 * i + 1] = rope.sin[i];
   }
-  std::vector<float> table(size_t(grid.tokens()) * pairs * 2);
-  for (int t = 0; t < grid.t; ++t)
-    for (int h = 0; h < grid.h; ++h)
-      for (int w = 0; w < grid.w; ++w) {
-        const int64_t token = (int64_t(t) * grid.h + h) * grid.w + w;
-        const int position[3] = {t, h, w};
-        for (int p = 0; p < pairs; ++p) {
-          const double angle = position[pair_axis[p]] * pair_freq[p];
-          table[size_t(token * pairs + p) * 2] = float(std::cos(angle));
-          table[size_t(token * pairs + p) * 2 + 1] = float(std::sin(angle));
-        }
-      }
   return table;
-}
-
-// diffusers Timesteps (flip_sin_to_cos): [cos | sin] halves, f32 arguments.
-std::vector<float> timestep_sinusoid(const std::vector<float>& timesteps, int freq_dim) {
-  const int half = freq_dim / 2;
-  std::vector<float> out(timesteps.size() * size_t(freq_dim));
-  for (size_t b = 0; b < timesteps.size(); ++b) {
-    for (int i = 0; i < half; ++i) {
-      const float exponent = -std::log(10000.0f) * float(i) / float(half);
-      const float arg = timesteps[b] * std::exp(exponent);
-      out[b * freq_dim + i] = float(std::cos(double(arg)));
-      out[b * freq_dim + half + i] = float(std::sin(double(arg)));
-    }
-  }
-  return out;
 }
 
 Result<DeviceBuffer> upload(const void* data, size_t bytes) {
@@ -381,7 +338,7 @@ Result<DeviceBuffer> upload(const void* data, size_t bytes) {
 
 Result<DeviceBuffer> zeros(size_t bytes) {
   VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(bytes));
-  DIT_CUDA_CHECK(cudaMemset(buf.data(), 0, bytes));
+  VEDA_CUDA_CHECK(cudaMemset(buf.data(), 0, bytes));
   return Result<DeviceBuffer>(std::move(buf));
 }
 
@@ -439,7 +396,7 @@ Status check_config(const WanConfig& c) {
 
 Result<DeviceMemoryUse> cuda_device_memory_use() {
   size_t free_bytes = 0, total = 0;
-  DIT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  VEDA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
   return DeviceMemoryUse{total - free_bytes, total};
 }
 
@@ -602,7 +559,7 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
     VEDA_ASSIGN_OR_RETURN(fb->cross_counts, upload(counts.data(), counts.size() * 4));
     VEDA_ASSIGN_OR_RETURN(fb->cross_indices, upload(indices.data(), indices.size() * 4));
   }
-  DIT_CUDA_CHECK(cudaDeviceSynchronize());
+  VEDA_CUDA_CHECK(cudaDeviceSynchronize());
   buffers = std::move(fb);
   return Status::ok();
 }
@@ -621,11 +578,11 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   const int32_t* slot = veda ? nullptr : fb.token_slot.as<int32_t>();
   const int64_t dst_rows = veda ? fb.tokens : fb.padded;
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  DIT_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), qd, fb.batch, fb.tokens, H, D, true, c.eps,
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), qd, fb.batch, fb.tokens, H, D, true, c.eps,
                                     blk.attn1.norm_q.as<float>(), rope2, slot, dst_rows, nullptr));
-  DIT_CUDA_CHECK(dit_cuda::rms_rope(fb.k.data(), kd, fb.batch, fb.tokens, H, D, true, c.eps,
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.k.data(), kd, fb.batch, fb.tokens, H, D, true, c.eps,
                                     blk.attn1.norm_k.as<float>(), rope2, slot, dst_rows, nullptr));
-  DIT_CUDA_CHECK(dit_cuda::rms_rope(fb.v.data(), vd, fb.batch, fb.tokens, H, D, false, c.eps,
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.v.data(), vd, fb.batch, fb.tokens, H, D, false, c.eps,
                                     nullptr, nullptr, slot, dst_rows, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
@@ -660,7 +617,7 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   }
   p.softmax_scale = 1.0f / std::sqrt(float(D));
   VEDA_RETURN_IF_ERROR(attention_cuda(p, nullptr));
-  DIT_CUDA_CHECK(dit_cuda::heads_to_rows(fb.o_tiled.data(), fb.attn.data(), fb.batch, fb.tokens, H,
+  VEDA_CUDA_CHECK(dit_cuda::heads_to_rows(fb.o_tiled.data(), fb.attn.data(), fb.batch, fb.tokens, H,
                                          D, fb.token_slot.as<int32_t>(), fb.padded, nullptr));
   return Status::ok();
 }
@@ -681,7 +638,7 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
 
   // Timestep sinusoid: tiny host work before the timed region.
   {
-    const std::vector<float> s = timestep_sinusoid(timesteps, c.freq_dim);
+    const std::vector<float> s = wan_ops::timestep_sinusoid(timesteps, c.freq_dim);
     std::vector<uint16_t> sb(s.size());
     convert_from_f32(s.data(), sb.data(), DType::kBF16, s.size());
     VEDA_RETURN_IF_ERROR(copy_to_device(fb.sinusoid.data(), sb.data(), sb.size() * 2));
@@ -689,7 +646,7 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
 
   VEDA_RETURN_IF_ERROR(timer.start(o.time_parts));
   // Patch embedding -> hidden (f32 residual stream).
-  DIT_CUDA_CHECK(dit_cuda::patchify(fb.x.as<float>(), fb.patches.data(), int(B), c.in_channels,
+  VEDA_CUDA_CHECK(dit_cuda::patchify(fb.x.as<float>(), fb.patches.data(), int(B), c.in_channels,
                                     int(frames), int(height), int(width), c.patch_t, c.patch_h,
                                     c.patch_w, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
@@ -697,16 +654,16 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
   // Conditioning: temb, time_proj -> time_mod [B, 6*dim]; text -> context [B*L, dim].
   VEDA_RETURN_IF_ERROR(gemm.linear(w.time1, fb.sinusoid.data(), B, fb.time_h.data(), nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  DIT_CUDA_CHECK(dit_cuda::silu_to_bf16(fb.time_h.as<float>(), fb.time_hb.data(), B * dim, nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::silu_to_bf16(fb.time_h.as<float>(), fb.time_hb.data(), B * dim, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
   VEDA_RETURN_IF_ERROR(gemm.linear(w.time2, fb.time_hb.data(), B, fb.temb.data(), nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  DIT_CUDA_CHECK(dit_cuda::silu_to_bf16(fb.temb.as<float>(), fb.temb_act.data(), B * dim, nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::silu_to_bf16(fb.temb.as<float>(), fb.temb_act.data(), B * dim, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
   VEDA_RETURN_IF_ERROR(gemm.linear(w.time_proj, fb.temb_act.data(), B, fb.time_mod.data(), nullptr));
   VEDA_RETURN_IF_ERROR(gemm.linear(w.text1, fb.text_in.data(), B * L, fb.text_hidden.data(), nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  DIT_CUDA_CHECK(dit_cuda::gelu_tanh(fb.text_hidden.data(), B * L * dim, nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::gelu_tanh(fb.text_hidden.data(), B * L * dim, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
   VEDA_RETURN_IF_ERROR(gemm.linear(w.text2, fb.text_hidden.data(), B * L, fb.context.data(), nullptr));
 
@@ -717,9 +674,9 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
     const DevBlock& blk = w.blocks[size_t(layer)];
     // 1. Self-attention.
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::add_table(blk.table.as<float>(), fb.time_mod.as<float>(), mod, B, ms,
+    VEDA_CUDA_CHECK(dit_cuda::add_table(blk.table.as<float>(), fb.time_mod.as<float>(), mod, B, ms,
                                        ms, ms, nullptr));
-    DIT_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, mod,
+    VEDA_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, mod,
                                         mod + dim, ms, nullptr, nullptr, nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn1.q, fb.norm.data(), rows, fb.q.data(), nullptr));
@@ -731,24 +688,24 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn1.o, fb.attn.data(), rows, fb.proj.data(), nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, mod + 2 * dim,
+    VEDA_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, mod + 2 * dim,
                                             ms, nullptr));
     // 2. Cross-attention; plain residual.
     if (c.cross_attn_norm) {
-      DIT_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, nullptr,
+      VEDA_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, nullptr,
                                           nullptr, 0, blk.norm2_weight.as<float>(),
                                           blk.norm2_bias.as<float>(), nullptr));
     } else {  // norm2 is the identity
-      DIT_CUDA_CHECK(dit_cuda::f32_to_bf16(hidden, fb.norm.data(), rows * dim, nullptr));
+      VEDA_CUDA_CHECK(dit_cuda::f32_to_bf16(hidden, fb.norm.data(), rows * dim, nullptr));
     }
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn2.q, fb.norm.data(), rows, fb.q.data(), nullptr));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn2.k, fb.context.data(), B * L, fb.ctx_k.data(), nullptr));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn2.v, fb.context.data(), B * L, fb.ctx_v.data(), nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q.data(), B, N, H, D, true, c.eps,
+    VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q.data(), B, N, H, D, true, c.eps,
                                       blk.attn2.norm_q.as<float>(), nullptr, nullptr, 0, nullptr));
-    DIT_CUDA_CHECK(dit_cuda::rms_rope(fb.ctx_k.data(), fb.ctx_k.data(), B, L, H, D, true, c.eps,
+    VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.ctx_k.data(), fb.ctx_k.data(), B, L, H, D, true, c.eps,
                                       blk.attn2.norm_k.as<float>(), nullptr, nullptr, 0, nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kCross));
     if (fb.cross_tiled) {
@@ -778,7 +735,7 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
       if (!cst.is_ok())
         return Status(cst.code(), fmt::format("layer {} cross-attention: {}", layer, cst.message()));
     } else {
-      DIT_CUDA_CHECK(dit_cuda::cross_attention(fb.q.data(), fb.ctx_k.data(), fb.ctx_v.data(),
+      VEDA_CUDA_CHECK(dit_cuda::cross_attention(fb.q.data(), fb.ctx_k.data(), fb.ctx_v.data(),
                                                fb.attn.data(), B, N, L, H, D, attn_scale,
                                                fb.cross_padded, nullptr));
     }
@@ -792,38 +749,38 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
       }
     }
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, nullptr, 0,
+    VEDA_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, nullptr, 0,
                                             nullptr));
     // 3. Feed-forward; gated residual.
-    DIT_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N,
+    VEDA_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N,
                                         mod + 3 * dim, mod + 4 * dim, ms, nullptr, nullptr, nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.ffn_in, fb.norm.data(), rows, fb.ffn.data(), nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::gelu_tanh(fb.ffn.data(), rows * c.ffn_dim, nullptr));
+    VEDA_CUDA_CHECK(dit_cuda::gelu_tanh(fb.ffn.data(), rows * c.ffn_dim, nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.ffn_out, fb.ffn.data(), rows, fb.proj.data(), nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-    DIT_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, mod + 5 * dim,
+    VEDA_CUDA_CHECK(dit_cuda::gated_residual(hidden, fb.proj.data(), rows, int(dim), N, mod + 5 * dim,
                                             ms, nullptr));
   }
 
   // Output: (table [2, dim] + temb) -> shift, scale; norm, modulate, project, unpatchify.
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
   float* out_mod = fb.out_mod.as<float>();
-  DIT_CUDA_CHECK(dit_cuda::add_table(w.out_table.as<float>(), fb.temb.as<float>(), out_mod, B,
+  VEDA_CUDA_CHECK(dit_cuda::add_table(w.out_table.as<float>(), fb.temb.as<float>(), out_mod, B,
                                      2 * dim, dim, dim, nullptr));
-  DIT_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, out_mod,
+  VEDA_CUDA_CHECK(dit_cuda::layer_norm(hidden, fb.norm.data(), rows, int(dim), c.eps, N, out_mod,
                                       out_mod + dim, 2 * dim, nullptr, nullptr, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
   VEDA_RETURN_IF_ERROR(gemm.linear(w.proj_out, fb.norm.data(), rows, fb.projected.data(), nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  DIT_CUDA_CHECK(dit_cuda::unpatchify(fb.projected.as<float>(), fb.out.as<float>(), int(B),
+  VEDA_CUDA_CHECK(dit_cuda::unpatchify(fb.projected.as<float>(), fb.out.as<float>(), int(B),
                                       c.out_channels, int(frames), int(height), int(width),
                                       c.patch_t, c.patch_h, c.patch_w, nullptr));
   WanCudaTimings local;
   VEDA_RETURN_IF_ERROR(timer.finish(&local));
-  DIT_CUDA_CHECK(cudaGetLastError());
+  VEDA_CUDA_CHECK(cudaGetLastError());
   if (t) *t = local;
   return Status::ok();
 }

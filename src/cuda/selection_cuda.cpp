@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/cuda_check.hpp"
 #include "cuda/selection_launch.hpp"
 #include "veda/cuda.hpp"
 #include "veda/cuda_selection.hpp"
@@ -31,23 +32,7 @@ namespace {
 
 namespace sel = cuda::sel;
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status::ok();
-  return Status(ErrorCode::kCudaError,
-                fmt::format("{}: {} ({})", what, cudaGetErrorString(err), cudaGetErrorName(err)));
-}
-Status cublas_status(cublasStatus_t st, const char* what) {
-  if (st == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  return Status(ErrorCode::kCudaError,
-                fmt::format("{}: {} ({})", what, cublasLtGetStatusString(st), int(st)));
-}
-#define SEL_CUDA_CHECK(expr) VEDA_RETURN_IF_ERROR(cuda_status((expr), #expr))
-#define SEL_CUBLAS_CHECK(expr) VEDA_RETURN_IF_ERROR(cublas_status((expr), #expr))
 
-int budget_for(double density, int existing) {
-  const int k = int(std::lround(density * existing));
-  return std::clamp(k, 1, existing);
-}
 
 template <class T>
 Result<DeviceBuffer> upload(const std::vector<T>& v) {
@@ -130,27 +115,27 @@ struct GpuSelector::Impl {
         options.precision == GpuScorePrecision::kTF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
         : options.precision == GpuScorePrecision::kBF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
                                                         : CUBLAS_COMPUTE_32F;
-    SEL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F));
     // Column-major view: C (keys x queries, ld T) = Kf^T^T . Qf^T, i.e. row-major
     // logits[q][k] = Qf[q] . Kf[k]. A = Kf stored W x T (op T), B = Qf stored W x T (op N).
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    SEL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    SEL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     const int64_t T = max_tiles, W = width;
     const int32_t count = batch * heads;
-    SEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a, CUDA_R_32F, W, T, W));
-    SEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b, CUDA_R_32F, W, T, W));
-    SEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_c, CUDA_R_32F, T, T, T));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a, CUDA_R_32F, W, T, W));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b, CUDA_R_32F, W, T, W));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_c, CUDA_R_32F, T, T, T));
     const int64_t stride_ab = T * W, stride_c = T * T;
     for (auto [layout, stride] : {std::pair{layout_a, stride_ab}, std::pair{layout_b, stride_ab},
                                   std::pair{layout_c, stride_c}}) {
-      SEL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+      VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
                                                         &count, sizeof(count)));
-      SEL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+      VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
           layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
     }
     cublasLtMatmulPreference_t pref = nullptr;
-    SEL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = kWorkspaceBytes;
     cublasLtMatmulHeuristicResult_t heur{};
     int returned = 0;
@@ -160,7 +145,7 @@ struct GpuSelector::Impl {
       st = cublasLtMatmulAlgoGetHeuristic(lt, op, layout_a, layout_b, layout_c, layout_c, pref, 1,
                                           &heur, &returned);
     cublasLtMatmulPreferenceDestroy(pref);
-    SEL_CUBLAS_CHECK(st);
+    VEDA_CUBLAS_CHECK(st);
     if (returned == 0)
       return Status(ErrorCode::kCudaError, "GpuSelector: cuBLASLt found no GEMM algorithm");
     algo = heur.algo;
@@ -184,7 +169,7 @@ struct GpuSelector::Impl {
     p.width = width_factor * dim;
     p.q_scale = options.scale;
     p.head_weights = weights;
-    SEL_CUDA_CHECK(sel::launch_gather_stats(p, elem, batch, stream));
+    VEDA_CUDA_CHECK(sel::launch_gather_stats(p, elem, batch, stream));
     return Status::ok();
   }
 };
@@ -248,7 +233,7 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     const double density = config.head_density.empty() ? config.density : config.head_density[h];
     info[h].n = n;
     info[h].num_prefix = layout.num_prefix_tiles();
-    info[h].budget = budget_for(density, n);
+    info[h].budget = selection_budget(density, n);
     info[h].tiles_h = layout.tiles_per_axis()[1];
     info[h].tiles_w = layout.tiles_per_axis()[2];
     const int forced =
@@ -318,7 +303,7 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   VEDA_ASSIGN_OR_RETURN(im.key_bias, upload(key_bias));
   VEDA_ASSIGN_OR_RETURN(im.distance, upload(distance));
   VEDA_ASSIGN_OR_RETURN(im.head_weights, upload(weights));
-  SEL_CUBLAS_CHECK(cublasLtCreate(&im.lt));
+  VEDA_CUBLAS_CHECK(cublasLtCreate(&im.lt));
   VEDA_ASSIGN_OR_RETURN(im.workspace, DeviceBuffer::allocate(kWorkspaceBytes));
   return Result<GpuSelector>(std::move(out));
 }
@@ -376,10 +361,10 @@ Status GpuSelector::select(const void* q, const void* k, DType dtype, int batch,
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (times) {
     for (auto& e : im.events)
-      if (!e) SEL_CUDA_CHECK(cudaEventCreate(&e));
-    SEL_CUDA_CHECK(cudaEventRecord(im.events[0], stream));
+      if (!e) VEDA_CUDA_CHECK(cudaEventCreate(&e));
+    VEDA_CUDA_CHECK(cudaEventRecord(im.events[0], stream));
   }
-  SEL_CUDA_CHECK(cudaMemsetAsync(im.bad_row.data(), 0xFF, sizeof(unsigned long long), stream));
+  VEDA_CUDA_CHECK(cudaMemsetAsync(im.bad_row.data(), 0xFF, sizeof(unsigned long long), stream));
 
   const bool keep = im.options.keep_stats;
   float* st[6];
@@ -389,14 +374,14 @@ Status GpuSelector::select(const void* q, const void* k, DType dtype, int batch,
   VEDA_RETURN_IF_ERROR(im.gather_stats(k, elem, batch, head_dim, k_tiled, im.k_kind,
                                        im.k_feat.as<float>(), st[3], st[4], st[5],
                                        im.head_weights.as<float>(), stream));
-  if (times) SEL_CUDA_CHECK(cudaEventRecord(im.events[1], stream));
+  if (times) VEDA_CUDA_CHECK(cudaEventRecord(im.events[1], stream));
 
   const float alpha = 1.f, beta = 0.f;
-  SEL_CUBLAS_CHECK(cublasLtMatmul(im.lt, im.op, &alpha, im.k_feat.data(), im.layout_a,
+  VEDA_CUBLAS_CHECK(cublasLtMatmul(im.lt, im.op, &alpha, im.k_feat.data(), im.layout_a,
                                   im.q_feat.data(), im.layout_b, &beta, im.logits.data(),
                                   im.layout_c, im.logits.data(), im.layout_c, &im.algo,
                                   im.workspace.data(), kWorkspaceBytes, stream));
-  if (times) SEL_CUDA_CHECK(cudaEventRecord(im.events[2], stream));
+  if (times) VEDA_CUDA_CHECK(cudaEventRecord(im.events[2], stream));
 
   sel::TopkParams tp{};
   tp.logits = im.logits.as<float>();
@@ -409,16 +394,16 @@ Status GpuSelector::select(const void* q, const void* k, DType dtype, int batch,
   tp.max_k = im.max_k;
   tp.counts = counts, tp.indices = indices;
   tp.bad_row = im.bad_row.as<unsigned long long>();
-  SEL_CUDA_CHECK(sel::launch_topk(tp, batch, stream));
+  VEDA_CUDA_CHECK(sel::launch_topk(tp, batch, stream));
   im.last_batch = batch, im.last_dim = head_dim;
   im.have_stats = keep, im.have_logits = im.options.keep_logits;
 
   if (times) {
-    SEL_CUDA_CHECK(cudaEventRecord(im.events[3], stream));
-    SEL_CUDA_CHECK(cudaEventSynchronize(im.events[3]));
-    SEL_CUDA_CHECK(cudaEventElapsedTime(&times->gather_stats_ms, im.events[0], im.events[1]));
-    SEL_CUDA_CHECK(cudaEventElapsedTime(&times->score_ms, im.events[1], im.events[2]));
-    SEL_CUDA_CHECK(cudaEventElapsedTime(&times->select_ms, im.events[2], im.events[3]));
+    VEDA_CUDA_CHECK(cudaEventRecord(im.events[3], stream));
+    VEDA_CUDA_CHECK(cudaEventSynchronize(im.events[3]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->gather_stats_ms, im.events[0], im.events[1]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->score_ms, im.events[1], im.events[2]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->select_ms, im.events[2], im.events[3]));
   }
   if (im.options.check_numerics) return check_numerics(stream_ptr);
   return Status::ok();
@@ -426,7 +411,7 @@ Status GpuSelector::select(const void* q, const void* k, DType dtype, int batch,
 
 Status GpuSelector::check_numerics(void* stream_ptr) {
   if (!impl_ || !impl_->bad_row.data()) return Status::ok();
-  SEL_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
+  VEDA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
   unsigned long long bad = 0;
   VEDA_RETURN_IF_ERROR(copy_to_host(&bad, impl_->bad_row.data(), sizeof(bad)));
   if (bad == ~0ull) return Status::ok();

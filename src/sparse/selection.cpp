@@ -11,12 +11,14 @@
 #include "veda/thread_pool.hpp"
 
 namespace veda {
+
+int selection_budget(double density, int existing_tiles) {
+  const int k = int(std::lround(density * existing_tiles));
+  return std::clamp(k, 1, existing_tiles);
+}
+
 namespace {
 
-int budget_for(double density, int existing) {
-  const int k = int(std::lround(density * existing));
-  return std::clamp(k, 1, existing);
-}
 
 Status check_density(double density, const char* what) {
   if (!(density > 0.0 && density <= 1.0)) {
@@ -65,7 +67,7 @@ Result<TileMask> select_tiles(const Tensor& logits, const HeadLayouts& layouts,
     const TileLayout& layout = layouts.head(h);
     const int n = layout.num_tiles();
     const double density = config.head_density.empty() ? config.density : config.head_density[h];
-    budget[h] = budget_for(density, n);
+    budget[h] = selection_budget(density, n);
     const int forced =
         (config.force_prefix ? layout.num_prefix_tiles() : 0) + (config.force_self ? 1 : 0);
     max_k = std::max(max_k, std::min(n, std::max(budget[h], forced)));

@@ -88,6 +88,34 @@ TEST(CalibrateTest, HeadAwareShapesFollowEachHeadsGeometry) {
   const auto& heads = result->profile.layers.at(0).heads;
   EXPECT_EQ(heads[0].tile, (TileShape{4, 4, 4})) << "seed " << seed << ": local head got " << heads[0].tile.str();
   EXPECT_GE(heads[1].tile.t, 8) << "seed " << seed << ": temporal head got " << heads[1].tile.str();
+  // The chosen shape has the highest recall among the trials whose output error is no worse than
+  // 4x4x4's on every capture, and its error is no worse than 4x4x4's.
+  for (const HeadCalibration& hc : result->layers.at(0).heads) {
+    const ShapeTrial& chosen = hc.trials[hc.chosen_trial];
+    const ShapeTrial* reference = nullptr;
+    for (const ShapeTrial& t : hc.trials)
+      if (t.tile == TileShape{4, 4, 4}) reference = &t;
+    ASSERT_NE(reference, nullptr);
+    ASSERT_EQ(chosen.capture_rel_l2.size(), 1u);
+    EXPECT_NEAR(chosen.capture_rel_l2[0], chosen.rel_l2[2], 1e-9);
+    EXPECT_LE(chosen.rel_l2[2], reference->rel_l2[2] + 1e-9);
+    for (const ShapeTrial& t : hc.trials)
+      if (t.rel_l2[2] <= reference->rel_l2[2]) {
+        EXPECT_GE(chosen.recall[2] + 1e-12, t.recall[2]);
+      }
+  }
+}
+
+TEST(CalibrateTest, MinErrorCriterionPicksTheLowestOutputError) {
+  const uint64_t seed = std::random_device{}();
+  Capture capture = gaussian_capture({16, 16, 16}, {{1.5, 1.5, 1.5}, {INFINITY, 1.0, 1.0}}, seed);
+  CalibrationConfig config = fast_config();
+  config.shape_criterion = ShapeCriterion::kMinError;
+  auto result = calibrate({capture}, config);
+  ASSERT_TRUE(result) << result.status().to_string();
+  const auto& heads = result->profile.layers.at(0).heads;
+  EXPECT_EQ(heads[0].tile, (TileShape{4, 4, 4})) << "seed " << seed << ": local head got " << heads[0].tile.str();
+  EXPECT_GE(heads[1].tile.t, 8) << "seed " << seed << ": temporal head got " << heads[1].tile.str();
   // The chosen shape is the one with the lowest output error among the trials.
   for (const HeadCalibration& hc : result->layers.at(0).heads)
     for (const ShapeTrial& t : hc.trials)
@@ -131,6 +159,12 @@ TEST(CalibrateTest, RejectsBadInput) {
   EXPECT_FALSE(calibrate({*capture}, config));
   config = CalibrationConfig{};
   config.budget_scales = {0.5, 2.0};  // no 1
+  EXPECT_FALSE(calibrate({*capture}, config));
+  config = CalibrationConfig{};
+  config.max_recall_loss = -0.1;
+  EXPECT_FALSE(calibrate({*capture}, config));
+  config = CalibrationConfig{};
+  config.shape_error_tolerance = -1;
   EXPECT_FALSE(calibrate({*capture}, config));
   spec.heads = 2;
   auto other = make_procedural_capture(spec);

@@ -1,9 +1,8 @@
 // CUDA attention vs the CPU references (src/cuda/attention_check.hpp): fresh random inputs per
 // case, outputs poisoned before each run, err_gpu <= 2 * err_lowp + atol against fp64 on the
 // same rounded inputs, padding rows exactly zero, NaN never passes. Skips without a GPU.
-#include <gtest/gtest.h>
-
 #include <fmt/core.h>
+#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -19,8 +18,8 @@ namespace {
 
 using cuda_check::DeviceProblem;
 
-#define SKIP_WITHOUT_GPU()                                           \
-  do {                                                               \
+#define SKIP_WITHOUT_GPU()                                          \
+  do {                                                              \
     if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
@@ -36,8 +35,8 @@ struct Case {
 
 std::string case_name(const Case& c) {
   return fmt::format("g{}x{}x{}_d{}_{}_b{}_dens{}{}", c.grid.t, c.grid.h, c.grid.w, c.head_dim,
-                     c.dtype == DType::kBF16 ? "bf16" : "f16", c.batch,
-                     int(c.density * 100 + 0.5), c.empty_rows > 0 ? "_empty" : "");
+                     c.dtype == DType::kBF16 ? "bf16" : "f16", c.batch, int(c.density * 100 + 0.5),
+                     c.empty_rows > 0 ? "_empty" : "");
 }
 
 // Runs one case through attention_cuda and checks two (b, h) slices; `kernel` forces a path.
@@ -46,8 +45,8 @@ void run_case(const Case& c, const HeadLayouts& layouts, uint64_t seed, const ch
   TileMask mask;
   const bool sparse = c.density < 1.0 || c.empty_rows > 0;
   if (sparse) mask = cuda_check::random_mask(c.batch, layouts, c.density, seed, c.empty_rows);
-  auto problem = DeviceProblem::make(c.batch, layouts, c.head_dim, c.dtype,
-                                     sparse ? &mask : nullptr, seed);
+  auto problem =
+      DeviceProblem::make(c.batch, layouts, c.head_dim, c.dtype, sparse ? &mask : nullptr, seed);
   ASSERT_TRUE(problem.is_ok()) << problem.status().to_string();
   ASSERT_TRUE(problem->poison_outputs().is_ok());
   const AttentionParams p = problem->params();
@@ -59,8 +58,8 @@ void run_case(const Case& c, const HeadLayouts& layouts, uint64_t seed, const ch
     auto tiles = cuda_check::sample_tiles(layouts.head(h).num_tiles(), n_check, seed + b * 7 + h);
     auto res = cuda_check::check_slice(*problem, b, h, tiles);
     ASSERT_TRUE(res.is_ok()) << res.status().to_string();
-    const std::string what = fmt::format("{} kernel {} (b {}, h {})", case_name(c),
-                                         attention_cuda_kernel_name(p), b, h);
+    const std::string what =
+        fmt::format("{} kernel {} (b {}, h {})", case_name(c), attention_cuda_kernel_name(p), b, h);
     EXPECT_TRUE(res->pass()) << what << ": " << res->summary();
     fmt::print("  {}: {}\n", what, res->summary());
   }
@@ -74,13 +73,17 @@ TEST_P(AttentionGpu, MatchesReference) {
   const Case& c = GetParam();
   auto layouts = HeadLayouts::uniform(c.grid, 0, c.heads, TileShape{4, 4, 4});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
-  // Default kernel (the wgmma one on Hopper), the mma.sync one, and one 64-row block per CTA.
+  // Default kernel (the wgmma one on Hopper) and the mma.sync one; in dense mode also with one
+  // and two 64-row blocks per CTA (each kernel's non-default choice).
   run_case(c, *layouts, 1234 + uint64_t(c.head_dim) * 31 + c.batch, nullptr);
   run_case(c, *layouts, 4321 + uint64_t(c.head_dim) * 31 + c.batch, "sm80");
   if (c.density >= 1.0) {
-    setenv("VEDA_ATTN_QB", "1", 1);
-    run_case(c, *layouts, 777 + c.batch, nullptr);
-    unsetenv("VEDA_ATTN_QB");
+    for (const char* qb : {"1", "2"}) {
+      setenv("VEDA_ATTN_QB", qb, 1);
+      run_case(c, *layouts, 777 + c.batch, nullptr);
+      run_case(c, *layouts, 778 + c.batch, "sm80");
+      unsetenv("VEDA_ATTN_QB");
+    }
   }
 }
 
@@ -104,16 +107,20 @@ TEST(AttentionGpuLayouts, Volume128WithPrefix) {
   auto layouts = HeadLayouts::uniform(Grid{16, 16, 28}, 77, 2, TileShape{4, 4, 8});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
   for (double dens : {1.0, 0.1})
-    for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"})
-      run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *layouts, 99, kernel);
+    for (const char* qb : {"1", "2"})
+      for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"}) {
+        setenv("VEDA_ATTN_QB", qb, 1);
+        run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *layouts, 99, kernel);
+        unsetenv("VEDA_ATTN_QB");
+      }
 }
 
 // Heads with different tile shapes have different tile counts: tiles past a head's own count are
 // empty (valid 0) and must come out as zeros.
 TEST(AttentionGpuLayouts, PerHeadShapes) {
   SKIP_WITHOUT_GPU();
-  auto layouts = HeadLayouts::make(Grid{16, 16, 28}, 5, {TileShape{4, 4, 4}, TileShape{16, 2, 2},
-                                                         TileShape{1, 8, 8}});
+  auto layouts = HeadLayouts::make(Grid{16, 16, 28}, 5,
+                                   {TileShape{4, 4, 4}, TileShape{16, 2, 2}, TileShape{1, 8, 8}});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
   for (double dens : {1.0, 0.05})
     for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"})
@@ -142,8 +149,10 @@ TEST(AttentionGpuLayouts, Deterministic) {
     ASSERT_TRUE(attention_cuda(problem->params()).is_ok());
     auto o = problem->slice_to_host(problem->o, 0, 1);
     ASSERT_TRUE(o.is_ok());
-    if (run == 0) first = *o;
-    else ASSERT_EQ(0, std::memcmp(first.data(), o->data(), first.size() * 4));
+    if (run == 0)
+      first = *o;
+    else
+      ASSERT_EQ(0, std::memcmp(first.data(), o->data(), first.size() * 4));
   }
 }
 

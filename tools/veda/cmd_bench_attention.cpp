@@ -48,7 +48,8 @@ Result<std::vector<double>> parse_list(const std::string& text) {
     } catch (...) {
       return invalid_argument("bad number in list: '" + item + "'");
     }
-    if (!(out.back() > 0 && out.back() <= 1)) return invalid_argument("density not in (0, 1]: " + item);
+    if (!(out.back() > 0 && out.back() <= 1))
+      return invalid_argument("density not in (0, 1]: " + item);
   }
   if (out.empty()) return invalid_argument("empty density list");
   return out;
@@ -118,17 +119,19 @@ Status run_bench(const BenchOptions& opt) {
   }
   VEDA_ASSIGN_OR_RETURN(Grid grid, Grid::parse(o.grid));
   VEDA_ASSIGN_OR_RETURN(TileShape shape, TileShape::parse(o.tile));
-  VEDA_ASSIGN_OR_RETURN(DType dtype, parse_dtype(o.dtype == "bf16" ? "BF16" : o.dtype == "f16" ? "F16" : o.dtype));
+  VEDA_ASSIGN_OR_RETURN(DType dtype, parse_dtype(o.dtype == "bf16"  ? "BF16"
+                                                 : o.dtype == "f16" ? "F16"
+                                                                    : o.dtype));
   VEDA_ASSIGN_OR_RETURN(auto densities, parse_list(o.densities));
   if (o.mask != "random" && o.mask != "select")
     return invalid_argument("--mask must be random or select");
   VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));
   VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
   // One set of inputs for every density; masks are rebuilt per density.
-  VEDA_ASSIGN_OR_RETURN(auto base, cuda_check::DeviceProblem::make(o.batch, layouts, int(o.head_dim),
-                                                                   dtype, nullptr, o.seed));
-  Table table{{"B", "H", "grid", "D", "dtype", "mask", "density", "kernel", "ms (median)", "ms (min)",
-               "TFLOP/s actual", "TFLOP/s dense-eq", "verify"},
+  VEDA_ASSIGN_OR_RETURN(auto base, cuda_check::DeviceProblem::make(
+                                       o.batch, layouts, int(o.head_dim), dtype, nullptr, o.seed));
+  Table table{{"B", "H", "grid", "D", "dtype", "mask", "density", "kernel", "ms (median)",
+               "ms (min)", "TFLOP/s actual", "TFLOP/s dense-eq", "verify"},
               {}};
   nlohmann::json rows = nlohmann::json::array();
   for (double density : densities) {
@@ -147,9 +150,12 @@ Status run_bench(const BenchOptions& opt) {
     pr.has_mask = !dense;
     if (!dense) {
       VEDA_ASSIGN_OR_RETURN(counts, DeviceBuffer::allocate(mask.counts.size() * 4));
-      VEDA_ASSIGN_OR_RETURN(indices, DeviceBuffer::allocate(std::max<size_t>(mask.indices.size(), 1) * 4));
-      VEDA_RETURN_IF_ERROR(copy_to_device(counts.data(), mask.counts.data(), mask.counts.size() * 4));
-      VEDA_RETURN_IF_ERROR(copy_to_device(indices.data(), mask.indices.data(), mask.indices.size() * 4));
+      VEDA_ASSIGN_OR_RETURN(indices,
+                            DeviceBuffer::allocate(std::max<size_t>(mask.indices.size(), 1) * 4));
+      VEDA_RETURN_IF_ERROR(
+          copy_to_device(counts.data(), mask.counts.data(), mask.counts.size() * 4));
+      VEDA_RETURN_IF_ERROR(
+          copy_to_device(indices.data(), mask.indices.data(), mask.indices.size() * 4));
       std::swap(pr.counts, counts);
       std::swap(pr.indices, indices);
       pr.mask_host = mask;
@@ -172,9 +178,14 @@ Status run_bench(const BenchOptions& opt) {
         auto tiles = cuda_check::sample_tiles(layouts.head(h).num_tiles(), dense ? 8 : 24, 5 + h);
         VEDA_ASSIGN_OR_RETURN(auto res, cuda_check::check_slice(pr, b, h, tiles));
         all_pass = all_pass && res.pass();
-        if (!o.json) fmt::print(stderr, "verify density {} (b {}, h {}): {}\n", density, b, h, res.summary());
-        checks.push_back({{"b", b}, {"h", h}, {"pass", res.pass()}, {"err_gpu", res.err_gpu},
-                          {"err_lowp", res.err_lowp}, {"err_lse", res.err_lse},
+        if (!o.json)
+          fmt::print(stderr, "verify density {} (b {}, h {}): {}\n", density, b, h, res.summary());
+        checks.push_back({{"b", b},
+                          {"h", h},
+                          {"pass", res.pass()},
+                          {"err_gpu", res.err_gpu},
+                          {"err_lowp", res.err_lowp},
+                          {"err_lse", res.err_lse},
                           {"summary", res.summary()}});
       }
       verdict = all_pass ? "pass" : "FAIL";
@@ -191,13 +202,26 @@ Status run_bench(const BenchOptions& opt) {
                           fmt::format("{:.3f}", median), fmt::format("{:.3f}", best),
                           fmt::format("{:.1f}", tf_actual), fmt::format("{:.1f}", tf_dense),
                           verdict});
-    rows.push_back({{"device", device}, {"batch", o.batch}, {"heads", o.heads}, {"grid", grid.str()},
-                    {"tile", shape.str()}, {"head_dim", o.head_dim}, {"dtype", o.dtype},
-                    {"mask", dense ? "dense" : o.mask}, {"density_requested", density},
-                    {"density", actual_density}, {"kernel", kernel}, {"ms_median", median},
-                    {"ms_min", best}, {"runs", o.runs}, {"flops_actual", flops.actual},
-                    {"flops_dense", flops.dense}, {"tflops_actual", tf_actual},
-                    {"tflops_dense_equiv", tf_dense}, {"verify", verdict}, {"checks", checks}});
+    rows.push_back({{"device", device},
+                    {"batch", o.batch},
+                    {"heads", o.heads},
+                    {"grid", grid.str()},
+                    {"tile", shape.str()},
+                    {"head_dim", o.head_dim},
+                    {"dtype", o.dtype},
+                    {"mask", dense ? "dense" : o.mask},
+                    {"density_requested", density},
+                    {"density", actual_density},
+                    {"kernel", kernel},
+                    {"ms_median", median},
+                    {"ms_min", best},
+                    {"runs", o.runs},
+                    {"flops_actual", flops.actual},
+                    {"flops_dense", flops.dense},
+                    {"tflops_actual", tf_actual},
+                    {"tflops_dense_equiv", tf_dense},
+                    {"verify", verdict},
+                    {"checks", checks}});
     if (o.verify && verdict != "pass" && !o.json) fmt::print(stderr, "verification FAILED\n");
   }
   if (o.json) {
@@ -213,16 +237,20 @@ Status run_bench(const BenchOptions& opt) {
 
 RunFn setup_bench_attention(CLI::App& sub) {
   auto opt = std::make_shared<BenchOptions>();
-  sub.add_option("--preset", opt->preset, "wan1.3b-480p (1x12, 21x30x52) or wan14b-720p (1x40, 21x45x80)");
+  sub.add_option("--preset", opt->preset,
+                 "wan1.3b-480p (1x12, 21x30x52) or wan14b-720p (1x40, 21x45x80)");
   sub.add_option("--batch", opt->batch, "batch size")->capture_default_str();
   sub.add_option("--heads", opt->heads, "heads")->capture_default_str();
   sub.add_option("--grid", opt->grid, "video grid TxHxW")->capture_default_str();
   sub.add_option("--head-dim", opt->head_dim, "64 or 128")->capture_default_str();
   sub.add_option("--tile", opt->tile, "tile shape TxHxW (volume 64 or 128)")->capture_default_str();
-  sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")->capture_default_str();
-  sub.add_option("--density", opt->densities, "comma-separated densities; 1.0 = dense")->capture_default_str();
+  sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")
+      ->capture_default_str();
+  sub.add_option("--density", opt->densities, "comma-separated densities; 1.0 = dense")
+      ->capture_default_str();
   sub.add_option("--dtype", opt->dtype, "bf16 or f16")->capture_default_str();
-  sub.add_option("--mask", opt->mask, "random, or select (select_tiles on mean-pooled scores of q, k)")
+  sub.add_option("--mask", opt->mask,
+                 "random, or select (select_tiles on mean-pooled scores of q, k)")
       ->capture_default_str();
   sub.add_option("--warmup", opt->warmup, "untimed runs")->capture_default_str();
   sub.add_option("--runs", opt->runs, "timed runs (median reported)")->capture_default_str();
@@ -234,13 +262,14 @@ RunFn setup_bench_attention(CLI::App& sub) {
     return run_bench(*opt);
 #else
     (void)opt;
-    return unsupported("veda was built without CUDA (configure with -DVEDA_CUDA=ON on a machine with nvcc)");
+    return unsupported(
+        "veda was built without CUDA (configure with -DVEDA_CUDA=ON on a machine with nvcc)");
 #endif
   };
 }
 
-const bool kRegistered =
-    register_command({"bench attention", "time the CUDA tile-skipping attention kernel", setup_bench_attention});
+const bool kRegistered = register_command(
+    {"bench attention", "time the CUDA tile-skipping attention kernel", setup_bench_attention});
 
 }  // namespace
 }  // namespace veda::cli

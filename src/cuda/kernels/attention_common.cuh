@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
 #include <cstdint>
 #include <type_traits>
 
@@ -10,14 +11,17 @@
 
 namespace veda::cuda {
 
-template <class T> struct ElemTraits;
-template <> struct ElemTraits<__half> {
+template <class T>
+struct ElemTraits;
+template <>
+struct ElemTraits<__half> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
 };
-template <> struct ElemTraits<__nv_bfloat16> {
+template <>
+struct ElemTraits<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);

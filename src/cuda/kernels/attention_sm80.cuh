@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
   extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr uint32_t kStageBytes = 64 * D * 2;
   const uint32_t sQ_addr = smem_u32(smem_raw);
-  const uint32_t sK_addr = sQ_addr + kRows * D * 2;  // [2][64][D]
+  const uint32_t sK_addr = sQ_addr + kRows * D * 2;    // [2][64][D]
   const uint32_t sV_addr = sK_addr + 2 * kStageBytes;  // [2][64][D]
   const CopyPlan<D, kThreads> plan;
 
@@ -161,81 +161,81 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
       // Skip the arithmetic of all-padding rows (warp) and 16-key groups past the valid keys
       // (CTA-uniform): ragged tiles are the normal case (21x30x52 in 4x4x4 tiles is 82% valid).
       if (warp_active) {
-      // S = Q K^T for this warp's 16 rows x 64 keys.
-      float s[8][4];
+        // S = Q K^T for this warp's 16 rows x 64 keys.
+        float s[8][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
+        for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-        for (int n2 = 0; n2 < 4; ++n2) {
-          if (n2 * 16 < cur_valid) {
-            uint32_t kf[4];
-            ldmatrix_x4(kf, k_stage + uint32_t(n2 * 16 * D * 2) +
-                                (uint32_t((2 * kk) ^ k_cx) << 4));
-            mma_16816<T>(s[2 * n2], qf[kk], kf[0], kf[1]);
-            mma_16816<T>(s[2 * n2 + 1], qf[kk], kf[2], kf[3]);
+          for (int n2 = 0; n2 < 4; ++n2) {
+            if (n2 * 16 < cur_valid) {
+              uint32_t kf[4];
+              ldmatrix_x4(kf,
+                          k_stage + uint32_t(n2 * 16 * D * 2) + (uint32_t((2 * kk) ^ k_cx) << 4));
+              mma_16816<T>(s[2 * n2], qf[kk], kf[0], kf[1]);
+              mma_16816<T>(s[2 * n2 + 1], qf[kk], kf[2], kf[3]);
+            }
           }
         }
-      }
-      if (cur_valid < 64) {
+        if (cur_valid < 64) {
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
+          for (int n = 0; n < 8; ++n)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = n * 8 + (lane & 3) * 2 + (e & 1);
-            if (col >= cur_valid) s[n][e] = -INFINITY;
-          }
-      }
-      // Online softmax.
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-      }
-      float neg_m[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float m_new = fmaxf(row_max[i], mx[i]);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2((row_max[i] - m_use) * p.scale_log2);
-        row_max[i] = m_new;
-        row_sum[i] *= alpha;
-#pragma unroll
-        for (int c = 0; c < D / 8; ++c) {
-          acc[c][2 * i] *= alpha;
-          acc[c][2 * i + 1] *= alpha;
+            for (int e = 0; e < 4; ++e) {
+              const int col = n * 8 + (lane & 3) * 2 + (e & 1);
+              if (col >= cur_valid) s[n][e] = -INFINITY;
+            }
         }
-        neg_m[i] = -m_use * p.scale_log2;
-      }
-      uint32_t pf[4][4];  // P as A fragments, one per 16-key k-step
+        // Online softmax.
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float p0 = fast_exp2(fmaf(s[n][0], p.scale_log2, neg_m[0]));
-        const float p1 = fast_exp2(fmaf(s[n][1], p.scale_log2, neg_m[0]));
-        const float p2 = fast_exp2(fmaf(s[n][2], p.scale_log2, neg_m[1]));
-        const float p3 = fast_exp2(fmaf(s[n][3], p.scale_log2, neg_m[1]));
-        row_sum[0] += p0 + p1;
-        row_sum[1] += p2 + p3;
-        pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
-        pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
-      }
-      // O += P V.
+        for (int n = 0; n < 8; ++n) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+        }
+        float neg_m[2];
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t * 16 < cur_valid) {
+        for (int i = 0; i < 2; ++i) {
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+          const float m_new = fmaxf(row_max[i], mx[i]);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          const float alpha = fast_exp2((row_max[i] - m_use) * p.scale_log2);
+          row_max[i] = m_new;
+          row_sum[i] *= alpha;
 #pragma unroll
-          for (int c = 0; c < D / 8; c += 2) {
-            uint32_t vf[4];
-            ldmatrix_x4_trans(vf, v_stage + uint32_t(t * 16 * D * 2) + (uint32_t(c ^ v_cx) << 4));
-            mma_16816<T>(acc[c], pf[t], vf[0], vf[1]);
-            mma_16816<T>(acc[c + 1], pf[t], vf[2], vf[3]);
+          for (int c = 0; c < D / 8; ++c) {
+            acc[c][2 * i] *= alpha;
+            acc[c][2 * i + 1] *= alpha;
+          }
+          neg_m[i] = -m_use * p.scale_log2;
+        }
+        uint32_t pf[4][4];  // P as A fragments, one per 16-key k-step
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const float p0 = fast_exp2(fmaf(s[n][0], p.scale_log2, neg_m[0]));
+          const float p1 = fast_exp2(fmaf(s[n][1], p.scale_log2, neg_m[0]));
+          const float p2 = fast_exp2(fmaf(s[n][2], p.scale_log2, neg_m[1]));
+          const float p3 = fast_exp2(fmaf(s[n][3], p.scale_log2, neg_m[1]));
+          row_sum[0] += p0 + p1;
+          row_sum[1] += p2 + p3;
+          pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
+          pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
+        }
+        // O += P V.
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          if (t * 16 < cur_valid) {
+#pragma unroll
+            for (int c = 0; c < D / 8; c += 2) {
+              uint32_t vf[4];
+              ldmatrix_x4_trans(vf, v_stage + uint32_t(t * 16 * D * 2) + (uint32_t(c ^ v_cx) << 4));
+              mma_16816<T>(acc[c], pf[t], vf[0], vf[1]);
+              mma_16816<T>(acc[c + 1], pf[t], vf[2], vf[3]);
+            }
           }
         }
-      }
       }  // warp_active
       stage ^= 1;
       j = jn;

@@ -83,8 +83,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
   constexpr uint32_t kTileBytes = 64 * D * 2;  // one 64-row tile
   extern __shared__ __align__(128) unsigned char smem_raw90[];
   const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
-  const uint32_t sK = base;                  // [2][tile]
-  const uint32_t sV = sK + 2 * kTileBytes;   // [2][tile]
+  const uint32_t sK = base;                 // [2][tile]
+  const uint32_t sV = sK + 2 * kTileBytes;  // [2][tile]
   const CopyPlan90<D, kThreads> plan;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
