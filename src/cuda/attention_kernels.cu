@@ -9,16 +9,22 @@
 namespace veda::cuda {
 namespace {
 
-template <int D, int QB, class T>
-cudaError_t launch_sm80(const FwdParams& f, int batch, cudaStream_t stream) {
-  auto kernel = attention_fwd_sm80_kernel<D, QB, T>;
-  constexpr int smem = sm80_smem_bytes<D, QB>();
+// Raises the kernel's dynamic shared-memory limit once (per instantiation), then launches a
+// (query blocks / QB, heads, batch) grid of 128 * QB threads.
+template <auto Kernel, int QB>
+cudaError_t launch_kernel(int smem, const FwdParams& f, int batch, cudaStream_t stream) {
   static const cudaError_t attr_err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr_err != cudaSuccess) return attr_err;
   dim3 grid((f.num_q_blocks + QB - 1) / QB, f.heads, batch);
-  kernel<<<grid, 128 * QB, smem, stream>>>(f);
+  Kernel<<<grid, 128 * QB, smem, stream>>>(f);
   return cudaGetLastError();
+}
+
+template <int D, int QB, class T>
+cudaError_t launch_sm80(const FwdParams& f, int batch, cudaStream_t stream) {
+  return launch_kernel<attention_fwd_sm80_kernel<D, QB, T>, QB>(sm80_smem_bytes<D, QB>(), f, batch,
+                                                                stream);
 }
 
 template <class T>
@@ -35,14 +41,8 @@ cudaError_t launch_sm80_t(const FwdParams& f, int head_dim, int qb, int batch,
 
 template <int D, int QB, class T>
 cudaError_t launch_sm90(const FwdParams& f, int batch, cudaStream_t stream) {
-  auto kernel = attention_fwd_sm90_kernel<D, QB, T>;
-  constexpr int smem = sm90_smem_bytes<D, QB>();
-  static const cudaError_t attr_err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (attr_err != cudaSuccess) return attr_err;
-  dim3 grid((f.num_q_blocks + QB - 1) / QB, f.heads, batch);
-  kernel<<<grid, 128 * QB, smem, stream>>>(f);
-  return cudaGetLastError();
+  return launch_kernel<attention_fwd_sm90_kernel<D, QB, T>, QB>(sm90_smem_bytes<D, QB>(), f, batch,
+                                                                stream);
 }
 
 template <class T>
