@@ -99,4 +99,17 @@ Result<Tensor> gather_to_tiles(const Tensor& x, const HeadLayouts& layouts);
 // x [B, H, padded_tokens, D] (f32) in tile order -> f32 [B, H, N, D] in token order.
 Result<Tensor> scatter_from_tiles(const Tensor& x_tiled, const HeadLayouts& layouts);
 
+// Where element (b, h, token, d) of a token-order tensor lives: b * batch + h * head +
+// token * token + d (in elements). [B, H, N, D] is {H*N*D, N*D, D}; token-major [B, N, H*D] is
+// {N*H*D, D, H*D}.
+struct TokenStrides {
+  int64_t batch = 0, head = 0, token = 0;
+};
+// The unchecked cores of the two above, for any token-order layout: `tiled` is contiguous f32
+// [batch, heads, padded_tokens, dim]; x is `x_dtype` (gather) or f32 (scatter).
+void gather_to_tiles(const void* x, DType x_dtype, TokenStrides strides, int64_t batch,
+                     int64_t dim, const HeadLayouts& layouts, float* tiled);
+void scatter_from_tiles(const float* tiled, int64_t batch, int64_t dim, const HeadLayouts& layouts,
+                        float* x, TokenStrides strides);
+
 }  // namespace veda

@@ -68,9 +68,12 @@ Status run_self_attention(const SelfAttentionCall& call, const HeadLayouts& layo
   Tensor k_tiled = Tensor::empty(DType::kF32, tiled_shape);
   Tensor v_tiled = Tensor::empty(DType::kF32, tiled_shape);
   Tensor o_tiled = Tensor::empty(DType::kF32, tiled_shape);
-  wan_ops::gather_to_tile_order(call.q, call.batch, layouts, call.head_dim, q_tiled.data_as<float>());
-  wan_ops::gather_to_tile_order(call.k, call.batch, layouts, call.head_dim, k_tiled.data_as<float>());
-  wan_ops::gather_to_tile_order(call.v, call.batch, layouts, call.head_dim, v_tiled.data_as<float>());
+  // q, k, v are token-major [B, N, H*D].
+  const int64_t width = int64_t(call.heads) * call.head_dim;
+  const TokenStrides token_major{layouts.tokens() * width, call.head_dim, width};
+  gather_to_tiles(call.q, DType::kF32, token_major, call.batch, call.head_dim, layouts, q_tiled.data_as<float>());
+  gather_to_tiles(call.k, DType::kF32, token_major, call.batch, call.head_dim, layouts, k_tiled.data_as<float>());
+  gather_to_tiles(call.v, DType::kF32, token_major, call.batch, call.head_dim, layouts, v_tiled.data_as<float>());
   const float scale = 1.0f / std::sqrt(float(call.head_dim));
 
   TileMask mask;
@@ -113,8 +116,7 @@ Status run_self_attention(const SelfAttentionCall& call, const HeadLayouts& layo
                                                                       o_tiled, layouts, mask_ptr,
                                                                       scale));
   VEDA_RETURN_IF_ERROR(attention_cpu(params));
-  wan_ops::scatter_from_tile_order(o_tiled.data_as<float>(), call.batch, layouts, call.head_dim,
-                                   call.out);
+  scatter_from_tiles(o_tiled.data_as<float>(), call.batch, call.head_dim, layouts, call.out, token_major);
   return Status::ok();
 }
 

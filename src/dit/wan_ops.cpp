@@ -209,50 +209,6 @@ void dense_attention_token_major(const float* q, const float* k, const float* v,
   });
 }
 
-void gather_to_tile_order(const float* x, int64_t batch, const HeadLayouts& layouts, int head_dim,
-                          float* tiled) {
-  const int heads = layouts.heads();
-  const int64_t tokens = layouts.tokens();
-  const int64_t padded = layouts.padded_tokens();
-  const int64_t width = int64_t(heads) * head_dim;
-  parallel_for(0, batch * heads, [&](int64_t bh) {
-    const int64_t b = bh / heads;
-    const int h = int(bh % heads);
-    const std::vector<int32_t>& slot_token = layouts.head(h).slot_token();
-    float* dst = tiled + bh * padded * head_dim;
-    const size_t row_bytes = size_t(head_dim) * 4;
-    for (int64_t slot = 0; slot < padded; ++slot) {
-      const int32_t token = slot < int64_t(slot_token.size()) ? slot_token[slot] : -1;
-      if (token < 0) {
-        std::memset(dst + slot * head_dim, 0, row_bytes);
-      } else {
-        std::memcpy(dst + slot * head_dim, x + (b * tokens + token) * width + h * head_dim,
-                    row_bytes);
-      }
-    }
-  });
-}
-
-void scatter_from_tile_order(const float* tiled, int64_t batch, const HeadLayouts& layouts,
-                             int head_dim, float* x) {
-  const int heads = layouts.heads();
-  const int64_t tokens = layouts.tokens();
-  const int64_t padded = layouts.padded_tokens();
-  const int64_t width = int64_t(heads) * head_dim;
-  parallel_for(0, batch * heads, [&](int64_t bh) {
-    const int64_t b = bh / heads;
-    const int h = int(bh % heads);
-    const std::vector<int32_t>& slot_token = layouts.head(h).slot_token();
-    const float* src = tiled + bh * padded * head_dim;
-    for (int64_t slot = 0; slot < int64_t(slot_token.size()); ++slot) {
-      const int32_t token = slot_token[slot];
-      if (token < 0) continue;
-      std::memcpy(x + (b * tokens + token) * width + h * head_dim, src + slot * head_dim,
-                  size_t(head_dim) * 4);
-    }
-  });
-}
-
 void token_major_to_heads(const float* x, int64_t batch, int64_t tokens, int heads, int head_dim,
                           float* out) {
   const int64_t width = int64_t(heads) * head_dim;

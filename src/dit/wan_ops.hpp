@@ -47,11 +47,6 @@ void dense_attention_token_major(const float* q, const float* k, const float* v,
                                  int64_t batch, int64_t q_tokens, int64_t k_tokens, int heads,
                                  int head_dim, float scale);
 
-// Token-major [B*N, H*D] <-> head-major tile order [B, H, padded, D] (padding slots zero).
-void gather_to_tile_order(const float* x, int64_t batch, const HeadLayouts& layouts, int head_dim,
-                          float* tiled);
-void scatter_from_tile_order(const float* tiled, int64_t batch, const HeadLayouts& layouts,
-                             int head_dim, float* x);
 // Token-major [B*N, H*D] -> [B, H, N, D].
 void token_major_to_heads(const float* x, int64_t batch, int64_t tokens, int heads, int head_dim,
                           float* out);

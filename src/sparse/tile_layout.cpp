@@ -152,6 +152,51 @@ Result<HeadLayouts> HeadLayouts::uniform(Grid grid, int prefix_tokens, int heads
   return make(grid, prefix_tokens, std::vector<TileShape>(size_t(heads), shape));
 }
 
+void gather_to_tiles(const void* x, DType x_dtype, TokenStrides strides, int64_t batch,
+                     int64_t dim, const HeadLayouts& layouts, float* tiled) {
+  const int64_t heads = layouts.heads(), padded = layouts.padded_tokens();
+  const int volume = layouts.volume(), max_tiles = layouts.max_tiles();
+  const size_t elem = dtype_size(x_dtype);
+  const auto* src = static_cast<const char*>(x);
+  // One work item per (b, h, tile): it writes the tile's `volume` rows, padding included.
+  parallel_for(0, batch * heads * max_tiles, [&](int64_t item) {
+    const int64_t tile = item % max_tiles, bh = item / max_tiles, b = bh / heads, h = bh % heads;
+    const TileLayout& layout = layouts.head(int(h));
+    float* tile_dst = tiled + (bh * padded + tile * volume) * dim;
+    int valid = 0;
+    if (tile < layout.num_tiles()) {
+      valid = layout.tile_valid()[tile];
+      const int32_t* slots = &layout.slot_token()[size_t(tile) * volume];
+      const char* head_src = src + size_t(b * strides.batch + h * strides.head) * elem;
+      for (int s = 0; s < valid; ++s) {
+        convert_to_f32(head_src + size_t(slots[s] * strides.token) * elem, x_dtype,
+                       tile_dst + s * dim, size_t(dim));
+      }
+    }
+    std::memset(tile_dst + valid * dim, 0, sizeof(float) * size_t(volume - valid) * dim);
+  });
+}
+
+void scatter_from_tiles(const float* tiled, int64_t batch, int64_t dim, const HeadLayouts& layouts,
+                        float* x, TokenStrides strides) {
+  const int64_t heads = layouts.heads(), padded = layouts.padded_tokens();
+  const int volume = layouts.volume(), max_tiles = layouts.max_tiles();
+  // Every token sits in exactly one valid slot of each head, so x is fully written.
+  parallel_for(0, batch * heads * max_tiles, [&](int64_t item) {
+    const int64_t tile = item % max_tiles, bh = item / max_tiles, b = bh / heads, h = bh % heads;
+    const TileLayout& layout = layouts.head(int(h));
+    if (tile >= layout.num_tiles()) return;
+    const int valid = layout.tile_valid()[tile];
+    const int32_t* slots = &layout.slot_token()[size_t(tile) * volume];
+    const float* tile_src = tiled + (bh * padded + tile * volume) * dim;
+    float* head_dst = x + b * strides.batch + h * strides.head;
+    for (int s = 0; s < valid; ++s) {
+      std::memcpy(head_dst + slots[s] * strides.token, tile_src + s * dim,
+                  sizeof(float) * size_t(dim));
+    }
+  });
+}
+
 Result<Tensor> gather_to_tiles(const Tensor& x, const HeadLayouts& layouts) {
   if (x.rank() != 4 || x.dim(1) != layouts.heads() || x.dim(2) != layouts.tokens()) {
     return invalid_argument(fmt::format("gather_to_tiles: x is {}, expected [B, {}, {}, D]",
@@ -159,31 +204,9 @@ Result<Tensor> gather_to_tiles(const Tensor& x, const HeadLayouts& layouts) {
                                         layouts.tokens()));
   }
   const int64_t batch = x.dim(0), heads = x.dim(1), tokens = x.dim(2), dim = x.dim(3);
-  const int64_t padded = layouts.padded_tokens();
-  const int volume = layouts.volume(), max_tiles = layouts.max_tiles();
-  const size_t elem = dtype_size(x.dtype());
-  const DType dtype = x.dtype();
-  Tensor out = Tensor::empty(DType::kF32, {batch, heads, padded, dim});
-  const auto* src = static_cast<const char*>(x.data());
-  float* dst = out.data_as<float>();
-
-  // One work item per (b, h, tile): it writes the tile's `volume` rows, padding included.
-  parallel_for(0, batch * heads * max_tiles, [&](int64_t item) {
-    const int64_t tile = item % max_tiles, bh = item / max_tiles, h = bh % heads;
-    const TileLayout& layout = layouts.head(int(h));
-    float* tile_dst = dst + (bh * padded + tile * volume) * dim;
-    int valid = 0;
-    if (tile < layout.num_tiles()) {
-      valid = layout.tile_valid()[tile];
-      const int32_t* slots = &layout.slot_token()[size_t(tile) * volume];
-      const char* head_src = src + size_t(bh * tokens * dim) * elem;
-      for (int s = 0; s < valid; ++s) {
-        convert_to_f32(head_src + size_t(slots[s]) * dim * elem, dtype, tile_dst + s * dim,
-                       size_t(dim));
-      }
-    }
-    std::memset(tile_dst + valid * dim, 0, sizeof(float) * size_t(volume - valid) * dim);
-  });
+  Tensor out = Tensor::empty(DType::kF32, {batch, heads, layouts.padded_tokens(), dim});
+  gather_to_tiles(x.data(), x.dtype(), {heads * tokens * dim, tokens * dim, dim}, batch, dim,
+                  layouts, out.data_as<float>());
   return out;
 }
 
@@ -194,29 +217,12 @@ Result<Tensor> scatter_from_tiles(const Tensor& x_tiled, const HeadLayouts& layo
                                         shape_to_string(x_tiled.shape()), layouts.heads(),
                                         layouts.padded_tokens()));
   }
-  const int64_t batch = x_tiled.dim(0), heads = x_tiled.dim(1), dim = x_tiled.dim(3);
-  const int64_t padded = layouts.padded_tokens(), tokens = layouts.tokens();
-  const int volume = layouts.volume(), max_tiles = layouts.max_tiles();
-  const size_t elem = dtype_size(x_tiled.dtype());
-  const DType dtype = x_tiled.dtype();
+  const Tensor tiled = x_tiled.dtype() == DType::kF32 ? x_tiled : x_tiled.to(DType::kF32);
+  const int64_t batch = tiled.dim(0), heads = tiled.dim(1), dim = tiled.dim(3);
+  const int64_t tokens = layouts.tokens();
   Tensor out = Tensor::empty(DType::kF32, {batch, heads, tokens, dim});
-  const auto* src = static_cast<const char*>(x_tiled.data());
-  float* dst = out.data_as<float>();
-
-  // Every token sits in exactly one valid slot of each head, so `out` is fully written.
-  parallel_for(0, batch * heads * max_tiles, [&](int64_t item) {
-    const int64_t tile = item % max_tiles, bh = item / max_tiles, h = bh % heads;
-    const TileLayout& layout = layouts.head(int(h));
-    if (tile >= layout.num_tiles()) return;
-    const int valid = layout.tile_valid()[tile];
-    const int32_t* slots = &layout.slot_token()[size_t(tile) * volume];
-    const char* tile_src = src + size_t((bh * padded + tile * volume) * dim) * elem;
-    float* head_dst = dst + bh * tokens * dim;
-    for (int s = 0; s < valid; ++s) {
-      convert_to_f32(tile_src + size_t(s) * dim * elem, dtype, head_dst + slots[s] * dim,
-                     size_t(dim));
-    }
-  });
+  scatter_from_tiles(tiled.data_as<float>(), batch, dim, layouts, out.data_as<float>(),
+                     {heads * tokens * dim, tokens * dim, dim});
   return out;
 }
 

@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "command.hpp"
+#include "eval_output.hpp"
 #include "table.hpp"
 #include "veda/tile_layout.hpp"
 #ifdef VEDA_HAS_CUDA
@@ -37,23 +37,6 @@ struct BenchOptions {
   bool json = false;
   uint64_t seed = 1;
 };
-
-Result<std::vector<double>> parse_list(const std::string& text) {
-  std::vector<double> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      out.push_back(std::stod(item));
-    } catch (...) {
-      return invalid_argument("bad number in list: '" + item + "'");
-    }
-    if (!(out.back() > 0 && out.back() <= 1))
-      return invalid_argument("density not in (0, 1]: " + item);
-  }
-  if (out.empty()) return invalid_argument("empty density list");
-  return out;
-}
 
 #ifdef VEDA_HAS_CUDA
 // Selection-path mask: tile statistics of the problem's own q and k (copied back from the
@@ -122,7 +105,7 @@ Status run_bench(const BenchOptions& opt) {
   VEDA_ASSIGN_OR_RETURN(DType dtype, parse_dtype(o.dtype == "bf16"  ? "BF16"
                                                  : o.dtype == "f16" ? "F16"
                                                                     : o.dtype));
-  VEDA_ASSIGN_OR_RETURN(auto densities, parse_list(o.densities));
+  VEDA_ASSIGN_OR_RETURN(auto densities, parse_densities(o.densities));
   if (o.mask != "random" && o.mask != "select")
     return invalid_argument("--mask must be random or select");
   VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));

@@ -75,7 +75,7 @@ nlohmann::json eval_rows_to_json(const std::vector<EvalRow>& rows) {
 
 std::string eval_rows_to_table(const std::vector<EvalRow>& rows) {
   Table table{{"method", "density", "actual", "head", "tile", "recall", "rel-L2", "cosine", "select ms",
-               "attention ms"}};
+               "attention ms"}, {}};
   for (const EvalRow& r : rows) {
     table.rows.push_back({r.method, fmt::format("{:.3g}", r.density),
                           fmt::format("{:.4f}", r.actual_density),
