@@ -35,9 +35,9 @@ Status run_capture(const CaptureArgs& args) {
     }
   }
   for (int step : args.capture_steps) {
-    if (step < 0 || step >= args.sampling.steps) {
+    if (step < 0 || step >= args.sampling.options.steps) {
       return invalid_argument(fmt::format("--steps: {} is not in [0, {}) (--num-steps)", step,
-                                          args.sampling.steps));
+                                          args.sampling.options.steps));
     }
   }
   VEDA_ASSIGN_OR_RETURN(auto embeds, args.prompt.load(args.model, config));

@@ -146,28 +146,26 @@ std::string PromptArgs::describe() const {
 }
 
 void SamplingArgs::add_to(CLI::App& sub, const std::string& steps_flag) {
-  sub.add_option("--frames", frames, "Frames (model input frames; latent frames for latent models)");
-  sub.add_option("--height", height, "Height (model input)");
-  sub.add_option("--width", width, "Width (model input)");
-  sub.add_option(steps_flag, steps, "Sampling steps");
-  sub.add_option("--seed", seed, "Noise seed");
-  sub.add_option("--guidance", guidance, "Classifier-free guidance scale (<= 1: off)");
-  sub.add_option("--shift", shift, "Flow-matching timestep shift (Wan: 3 at 480p, 5 at 720p)");
-  sub.add_option("--sampler", sampler, "unipc | euler")->check(CLI::IsMember({"unipc", "euler"}));
-  sub.add_option("--dense-steps", dense_warmup_steps,
+  GenerateOptions& o = options;
+  sub.add_option("--frames", o.frames, "Frames (model input frames; latent frames for latent models)")
+      ->capture_default_str();
+  sub.add_option("--height", o.height, "Height (model input)")->capture_default_str();
+  sub.add_option("--width", o.width, "Width (model input)")->capture_default_str();
+  sub.add_option(steps_flag, o.steps, "Sampling steps")->capture_default_str();
+  sub.add_option("--seed", o.seed, "Noise seed")->capture_default_str();
+  sub.add_option("--guidance", o.guidance, "Classifier-free guidance scale (<= 1: off)")
+      ->capture_default_str();
+  sub.add_option("--shift", o.shift, "Flow-matching timestep shift (Wan: 3 at 480p, 5 at 720p)")
+      ->capture_default_str();
+  sub.add_option("--sampler", sampler, "unipc | euler")
+      ->check(CLI::IsMember({"unipc", "euler"}))
+      ->capture_default_str();
+  sub.add_option("--dense-steps", o.dense_warmup_steps,
                  "veda: run the first N steps with dense attention");
 }
 
 Result<GenerateOptions> SamplingArgs::to_options() const {
-  GenerateOptions o;
-  o.frames = frames;
-  o.height = height;
-  o.width = width;
-  o.steps = steps;
-  o.seed = seed;
-  o.guidance = guidance;
-  o.shift = shift;
-  o.dense_warmup_steps = dense_warmup_steps;
+  GenerateOptions o = options;
   VEDA_ASSIGN_OR_RETURN(o.sampler, parse_sampler_kind(sampler));
   return o;
 }

@@ -41,13 +41,8 @@ struct PromptArgs {
 
 // --frames, --height, --width, --seed, --guidance, --shift, --sampler and the step count.
 struct SamplingArgs {
-  int frames = 16, height = 64, width = 112;
-  int steps = 20;
-  uint64_t seed = 0;
-  double guidance = 5.0;
-  double shift = 3.0;
+  GenerateOptions options;  // the library's defaults are the CLI's defaults
   std::string sampler = "unipc";
-  int dense_warmup_steps = 0;
 
   // `steps_flag`: "--steps" for generate; capture uses --steps for the captured steps.
   void add_to(CLI::App& sub, const std::string& steps_flag);
