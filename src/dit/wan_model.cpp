@@ -10,6 +10,7 @@
 
 #include "dit/wan_ops.hpp"
 #include "dit/wan_weights.hpp"
+#include "veda/metrics.hpp"
 #include "veda/attention.hpp"
 #include "veda/scoring.hpp"
 #include "veda/selection.hpp"
@@ -458,16 +459,7 @@ Result<double> relative_l2(const Tensor& a, const Tensor& b) {
                                         "and {}",
                                         shape_to_string(a.shape()), shape_to_string(b.shape())));
   }
-  const float* x = a.data_as<float>();
-  const float* y = b.data_as<float>();
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = double(x[i]) - y[i];
-    diff += d * d;
-    ref += double(y[i]) * y[i];
-  }
-  if (ref == 0) return diff == 0 ? 0.0 : INFINITY;
-  return std::sqrt(diff / ref);
+  return compare(a.data_as<float>(), b.data_as<float>(), size_t(a.numel())).rel_l2;
 }
 
 }  // namespace veda
