@@ -51,9 +51,9 @@ def random_block_mask(batch, heads, nblocks, density, device, seed):
     return num.to(device), full.to(device), k
 
 
-def run_veda(veda, preset, batch, densities, runs, verify):
+def run_veda(veda, preset, batch, densities, runs, verify, tile):
     cmd = [veda, "bench", "attention", "--preset", preset, "--batch", str(batch), "--density",
-           ",".join(str(d) for d in densities), "--runs", str(runs), "--json"]
+           ",".join(str(d) for d in densities), "--runs", str(runs), "--tile", tile, "--json"]
     if verify:
         cmd.append("--verify")
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -75,7 +75,10 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--tiles", default="4x4x4",
+                    help="comma-separated Veda tile shapes (4x4x8: 128-token tiles, as Flex's blocks)")
     args = ap.parse_args()
+    tiles = args.tiles.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
@@ -93,8 +96,10 @@ def main():
         t, h, w = cfg["grid"]
         n = t * h * w
         B, H, D = args.batch, cfg["heads"], args.head_dim
-        veda_rows = run_veda(args.veda, preset, B, densities, args.runs, args.verify)
-        veda_by_density = {round(r["density_requested"], 4): r for r in veda_rows}
+        veda_by_key = {}
+        for tile in tiles:
+            for r in run_veda(args.veda, preset, B, densities, args.runs, args.verify, tile):
+                veda_by_key[(tile, round(r["density_requested"], 4))] = r
 
         torch.manual_seed(0)
         # Token order, unpadded for cuDNN; FlexAttention gets N rounded up to whole 128-blocks.
@@ -112,14 +117,8 @@ def main():
         if flex is not None:
             qp, kp, vp = (torch.nn.functional.pad(x, (0, 0, 0, n_pad - n)) for x in (q, k, v))
         for density in densities:
-            row = dict(preset=preset, device=name, batch=B, heads=H, tokens=n, head_dim=D,
-                       density=density, cudnn_dense_ms=cudnn_ms)
-            vr = veda_by_density.get(round(density, 4))
-            if vr:
-                row.update(veda_ms=vr["ms_median"], veda_tflops=vr["tflops_actual"],
-                           veda_dense_eq_tflops=vr["tflops_dense_equiv"],
-                           veda_density=vr["density"], veda_kernel=vr["kernel"],
-                           veda_verify=vr["verify"])
+            base = dict(preset=preset, device=name, batch=B, heads=H, tokens=n, head_dim=D,
+                        density=density, cudnn_dense_ms=cudnn_ms)
             if flex is not None:
                 if density >= 1.0:
                     fn = lambda: flex(qp, kp, vp)  # noqa: E731
@@ -130,23 +129,30 @@ def main():
                     fn = lambda bm=bm: flex(qp, kp, vp, block_mask=bm)  # noqa: E731
                     flex_flops = 4.0 * B * H * n_pad * kb * 128 * D
                 flex_ms, _ = time_cuda(fn, args.warmup, args.runs)
-                row.update(flex_ms=flex_ms, flex_tflops=flex_flops / flex_ms / 1e9)
-            if "veda_ms" in row:
-                row["speedup_vs_cudnn_dense"] = cudnn_ms / row["veda_ms"]
-                if "flex_ms" in row:
-                    row["speedup_vs_flex"] = row["flex_ms"] / row["veda_ms"]
-            results.append(row)
-            print(json.dumps(row), flush=True)
+                base.update(flex_ms=flex_ms, flex_tflops=flex_flops / flex_ms / 1e9)
+            for tile in tiles:
+                row = dict(base, tile=tile)
+                vr = veda_by_key.get((tile, round(density, 4)))
+                if vr:
+                    row.update(veda_ms=vr["ms_median"], veda_tflops=vr["tflops_actual"],
+                               veda_dense_eq_tflops=vr["tflops_dense_equiv"],
+                               veda_density=vr["density"], veda_kernel=vr["kernel"],
+                               veda_verify=vr["verify"])
+                    row["speedup_vs_cudnn_dense"] = cudnn_ms / row["veda_ms"]
+                    if "flex_ms" in row:
+                        row["speedup_vs_flex"] = row["flex_ms"] / row["veda_ms"]
+                results.append(row)
+                print(json.dumps(row), flush=True)
         del q, k, v
         if flex is not None:
             del qp, kp, vp
         torch.cuda.empty_cache()
 
-    print(f"\n| preset | B | density | veda ms | veda TFLOP/s | flex ms | cuDNN dense ms | "
-          f"veda/cuDNN | veda/flex | verify |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| preset | B | density | tile | veda ms | veda TFLOP/s | flex ms | cuDNN dense ms | "
+          f"cuDNN/veda | flex/veda | verify |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['preset']} | {r['batch']} | {r['density']} | {r.get('veda_ms', float('nan')):.3f} | "
+        print(f"| {r['preset']} | {r['batch']} | {r['density']} | {r['tile']} | {r.get('veda_ms', float('nan')):.3f} | "
               f"{r.get('veda_tflops', float('nan')):.1f} | {r.get('flex_ms', float('nan')):.3f} | "
               f"{r['cudnn_dense_ms']:.3f} | {r.get('speedup_vs_cudnn_dense', float('nan')):.2f}x | "
               f"{r.get('speedup_vs_flex', float('nan')):.2f}x | {r.get('veda_verify', '-')} |")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Device side: build (sm_90a only, to save time there; CI and the dev machine build 90a;80), run
-# the GPU tests, then the attention benchmark. Usage: scripts/gpu_check.sh [tests|bench|all] [...]
-# Logs go to $OUT when set.
+# Device side: configure and build test_gpu and veda for sm_90a only (to save time there; CI and
+# the dev machine build 90a;80) against the packages in .deps/. Logs go to $OUT when set. The
+# kernel iteration script (scripts/gpu_kernel.sh) starts with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/veda-out}; mkdir -p "$OUT"

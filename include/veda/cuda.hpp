@@ -21,11 +21,13 @@ Result<std::string> cuda_device_description();
 // pointer in it (q, k, v, o, lse, tile_valid, mask_counts, mask_indices) is a DEVICE pointer.
 // dtype f16 or bf16; head_dim 64 or 128; tile_size 64 or 128; the last dimension contiguous and
 // rows 16-byte aligned. mask null = dense. Output rows of padding slots and of query tiles with no
-// selected key tile are zero (lse -inf). Asynchronous on `stream`; launch errors are returned.
+// selected key tile are zero (lse -inf). Padding slots of k and v must hold finite values (the
+// layout's gather writes zeros): the Hopper kernel reads whole 64-token blocks and multiplies
+// padding rows by zero probabilities. Asynchronous on `stream`; launch errors are returned.
 Status attention_cuda(const AttentionParams& p, void* stream = nullptr);
 
 // Which kernel attention_cuda would run for `p` on the current device and its 64-row query
-// blocks per CTA: "sm90-qb1", "sm80-qb2", ...
+// blocks per CTA: "sm90ws" (warp-specialised Hopper kernel), "sm90-qb1", "sm80-qb2", ...
 std::string attention_cuda_kernel_name(const AttentionParams& p);
 
 // Times attention_cuda with CUDA events: `warmup` untimed runs, then `runs` timed ones; returns

@@ -98,29 +98,29 @@ Result<DeviceInfo> current_device_info() {
   return info;
 }
 
-// 64-row query blocks per CTA. Two blocks share a CTA when they share a key list (the halves of
-// a 128-token tile, or neighbours in dense mode), halving the K/V stream; both kernels do so by
-// default. For the wgmma kernel, one block per CTA (3 CTAs per SM) measured faster on H100 (dense
-// wan1.3b 21.6 vs 23.1 ms; 128-token tiles at 5% on wan14b 18.2 vs 20.4 ms) but that combination
-// with 128-token tiles has not yet been through the GPU tests, so it stays opt-in:
+// Which kernel runs: the warp-specialised Hopper kernel by default on compute capability 9.0
+// (when the binary holds sm_90a code), the one-warpgroup Hopper kernel and the mma.sync kernel on
+// request (VEDA_ATTN_KERNEL=sm90 | sm80: tests, comparisons), the mma.sync kernel elsewhere.
+enum class Kernel { kSm80, kSm90, kSm90Ws };
+Kernel choose_kernel(const DeviceInfo& info) {
+  const char* env = std::getenv("VEDA_ATTN_KERNEL");
+  const std::string want = env ? env : "";
+  if (want == "sm80" || info.major != 9 || !cuda::sm90_kernel_available()) return Kernel::kSm80;
+  return want == "sm90" ? Kernel::kSm90 : Kernel::kSm90Ws;
+}
+
+// 64-row query blocks per CTA for the sm90 / sm80 kernels (the warp-specialised one always pairs
+// two and loads each key block once for both when their lists share it). Two blocks share a CTA
+// when they share a key list (the halves of a 128-token tile, or neighbours in dense mode);
 // VEDA_ATTN_QB=1|2 overrides (tuning, tests). See docs/perf-notes.md.
-int query_blocks(const AttentionParams& p, bool sm90) {
+int query_blocks(const AttentionParams& p) {
   const bool shared_list = p.tile_size == 128 || p.mask_counts == nullptr;
   int qb = shared_list ? 2 : 1;
-  (void)sm90;
   if (const char* env = std::getenv("VEDA_ATTN_QB")) {
     const int v = std::atoi(env);
     if (v == 1 || (v == 2 && shared_list)) qb = v;
   }
   return qb;
-}
-
-bool use_sm90(const AttentionParams& p, const DeviceInfo& info) {
-  if (const char* env = std::getenv("VEDA_ATTN_KERNEL")) {
-    if (std::string(env) == "sm80") return false;
-  }
-  (void)p;
-  return info.major == 9 && cuda::sm90_kernel_available();
 }
 
 }  // namespace
@@ -147,8 +147,15 @@ Result<std::string> cuda_device_description() {
 std::string attention_cuda_kernel_name(const AttentionParams& p) {
   auto info = current_device_info();
   if (!info) return "none";
-  const bool sm90 = use_sm90(p, *info);
-  return fmt::format("{}-qb{}", sm90 ? "sm90" : "sm80", query_blocks(p, sm90));
+  switch (choose_kernel(*info)) {
+    case Kernel::kSm90Ws:
+      return "sm90ws";
+    case Kernel::kSm90:
+      return fmt::format("sm90-qb{}", query_blocks(p));
+    case Kernel::kSm80:
+      break;
+  }
+  return fmt::format("sm80-qb{}", query_blocks(p));
 }
 
 Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
@@ -160,13 +167,24 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   const cuda::FwdParams f = to_fwd_params(p);
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const auto elem = p.dtype == DType::kF16 ? cuda::Elem::kF16 : cuda::Elem::kBF16;
-  if (use_sm90(p, info)) {
-    VEDA_CUDA_CHECK(cuda::launch_attention_sm90(f, elem, int(p.head_dim), query_blocks(p, true),
-                                                int(p.batch), stream));
-  } else {
-    VEDA_CUDA_CHECK(cuda::launch_attention_sm80(f, elem, int(p.head_dim), query_blocks(p, false),
-                                                int(p.batch), stream));
+  const int batch = int(p.batch), head_dim = int(p.head_dim);
+  switch (choose_kernel(info)) {
+    case Kernel::kSm90Ws: {
+      const cudaError_t err = cuda::launch_attention_sm90_ws(f, elem, head_dim, batch, stream);
+      if (err != cudaErrorNotSupported) {  // else: strides TMA cannot describe; one-warpgroup kernel
+        VEDA_CUDA_CHECK(err);
+        return Status::ok();
+      }
+      [[fallthrough]];
+    }
+    case Kernel::kSm90:
+      VEDA_CUDA_CHECK(
+          cuda::launch_attention_sm90(f, elem, head_dim, query_blocks(p), batch, stream));
+      return Status::ok();
+    case Kernel::kSm80:
+      break;
   }
+  VEDA_CUDA_CHECK(cuda::launch_attention_sm80(f, elem, head_dim, query_blocks(p), batch, stream));
   return Status::ok();
 }
 

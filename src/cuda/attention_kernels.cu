@@ -1,10 +1,13 @@
 // The kernel translation unit: instantiates the attention kernels for (dtype, head_dim, rows per
 // CTA) and launches them. Arguments were checked by attention_cuda.cpp.
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 
 #include "cuda/attention_launch.hpp"
 #include "kernels/attention_sm80.cuh"
 #include "kernels/attention_sm90.cuh"
+#include "kernels/attention_sm90_ws.cuh"
 
 namespace veda::cuda {
 namespace {
@@ -54,6 +57,65 @@ cudaError_t launch_sm90_t(const FwdParams& f, int head_dim, int qb, int batch,
   if (head_dim == 128)
     return qb == 2 ? launch_sm90<128, 2, T>(f, batch, stream)
                    : launch_sm90<128, 1, T>(f, batch, stream);
+  return cudaErrorInvalidValue;
+}
+
+// cuTensorMapEncodeTiled from the driver, fetched through the runtime (no libcuda link needed).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      ptr = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// Tensor map over one of q/k/v [B][H][tokens][D] (strides in elements) with 64-token x 64-column
+// boxes in the 128-byte swizzle the wgmma descriptors expect. False when TMA cannot describe it
+// (strides not multiples of 16 bytes, misaligned base): the caller falls back.
+bool encode_kv_map(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim,
+                   const FwdParams& f, int batch, int64_t bs, int64_t hs, int64_t rs) {
+  const auto encode = tensor_map_encoder();
+  if (!encode) return false;
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(f.tokens), cuuint64_t(f.heads),
+                              cuuint64_t(batch)};
+  const cuuint64_t strides[3] = {cuuint64_t(rs) * 2, cuuint64_t(hs) * 2, cuuint64_t(bs) * 2};
+  const cuuint32_t box[4] = {64, 64, 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  return encode(map, type, 4, const_cast<void*>(base), dims, strides, box, elem_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int D, class T>
+cudaError_t launch_sm90_ws(const FwdParams& f, int batch, cudaStream_t stream) {
+  constexpr auto type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                  : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  CUtensorMap tm_k{}, tm_v{};
+  if (!encode_kv_map(&tm_k, f.k, type, D, f, batch, f.k_bs, f.k_hs, f.k_rs) ||
+      !encode_kv_map(&tm_v, f.v, type, D, f, batch, f.v_bs, f.v_hs, f.v_rs))
+    return cudaErrorNotSupported;
+  constexpr auto kernel = attention_fwd_sm90_ws_kernel<D, T>;
+  constexpr int smem = WsConfig<D>::kSmemBytes;
+  static const cudaError_t attr_err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (attr_err != cudaSuccess) return attr_err;
+  dim3 grid((f.num_q_blocks + 1) / 2, f.heads, batch);
+  kernel<<<grid, 288, smem, stream>>>(f, tm_k, tm_v);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_sm90_ws_t(const FwdParams& f, int head_dim, int batch, cudaStream_t stream) {
+  if (head_dim == 64) return launch_sm90_ws<64, T>(f, batch, stream);
+  if (head_dim == 128) return launch_sm90_ws<128, T>(f, batch, stream);
   return cudaErrorInvalidValue;
 }
 
@@ -124,6 +186,18 @@ cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, i
       return launch_sm90_t<__half>(f, head_dim, qb, batch, stream);
     case Elem::kBF16:
       return launch_sm90_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
+                                     cudaStream_t stream) {
+  switch (elem) {
+    case Elem::kF16:
+      return launch_sm90_ws_t<__half>(f, head_dim, batch, stream);
+    case Elem::kBF16:
+      return launch_sm90_ws_t<__nv_bfloat16>(f, head_dim, batch, stream);
     default:
       return cudaErrorInvalidValue;
   }

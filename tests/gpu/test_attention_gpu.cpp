@@ -73,14 +73,15 @@ TEST_P(AttentionGpu, MatchesReference) {
   const Case& c = GetParam();
   auto layouts = HeadLayouts::uniform(c.grid, 0, c.heads, TileShape{4, 4, 4});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
-  // Default kernel (the wgmma one on Hopper) and the mma.sync one; in dense mode also with one
-  // and two 64-row blocks per CTA (each kernel's non-default choice).
+  // Default kernel (the warp-specialised one on Hopper), the one-warpgroup wgmma kernel and the
+  // mma.sync one; in dense mode the last two also with one and two 64-row blocks per CTA.
   run_case(c, *layouts, 1234 + uint64_t(c.head_dim) * 31 + c.batch, nullptr);
+  run_case(c, *layouts, 2345 + uint64_t(c.head_dim) * 31 + c.batch, "sm90");
   run_case(c, *layouts, 4321 + uint64_t(c.head_dim) * 31 + c.batch, "sm80");
   if (c.density >= 1.0) {
     for (const char* qb : {"1", "2"}) {
       setenv("VEDA_ATTN_QB", qb, 1);
-      run_case(c, *layouts, 777 + c.batch, nullptr);
+      run_case(c, *layouts, 777 + c.batch, "sm90");
       run_case(c, *layouts, 778 + c.batch, "sm80");
       unsetenv("VEDA_ATTN_QB");
     }
@@ -108,7 +109,7 @@ TEST(AttentionGpuLayouts, Volume128WithPrefix) {
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
   for (double dens : {1.0, 0.1})
     for (const char* qb : {"1", "2"})
-      for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"}) {
+      for (const char* kernel : {static_cast<const char*>(nullptr), "sm90", "sm80"}) {
         setenv("VEDA_ATTN_QB", qb, 1);
         run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *layouts, 99, kernel);
         unsetenv("VEDA_ATTN_QB");
@@ -123,7 +124,7 @@ TEST(AttentionGpuLayouts, PerHeadShapes) {
                                    {TileShape{4, 4, 4}, TileShape{16, 2, 2}, TileShape{1, 8, 8}});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
   for (double dens : {1.0, 0.05})
-    for (const char* kernel : {static_cast<const char*>(nullptr), "sm80"})
+    for (const char* kernel : {static_cast<const char*>(nullptr), "sm90", "sm80"})
       run_case(Case{Grid{16, 16, 28}, 64, DType::kF16, 1, dens, 0.0, 3}, *layouts, 7, kernel);
 }
 

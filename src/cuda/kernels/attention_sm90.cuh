@@ -3,8 +3,7 @@
 // Algorithm: as the mma.sync kernel (FlashAttention-2 order, online softmax in registers), but
 // each 64-row query block is one warpgroup (4 warps, warp w owns rows 16w..16w+15) and the two
 // products are warpgroup MMAs: S[64xN] = Q K^T with Q as register A fragments (loaded once,
-// straight from global memory) and K read K-major from shared memory (N = 16 for key blocks of
-// <= 16 valid keys, else 64); then O[64xD] += P V with P from registers (the f32 accumulator
+// straight from global memory) and K read K-major from shared memory; then O[64xD] += P V with P from registers (the f32 accumulator
 // layout of S, rounded to the input type, is the A-fragment layout) and V read N-major from
 // shared memory (transposed operand), k-steps past the valid keys skipped. QB warpgroups per CTA
 // share one key list (QB = 2: the halves of a 128-token tile, or neighbouring tiles in dense
@@ -58,15 +57,172 @@ struct CopyPlan90 {
   }
 };
 
-// S for a 64-key block: this warpgroup's 64 rows x the first N keys (D/16 k-steps); the rest of
-// s is left as is (masked by the caller).
-template <int N, int D, class T>
+// S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps).
+template <int D, class T>
 __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
                                        uint32_t k_stage) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<N, T>(s, q[kk], smem_desc_128b(k_stage + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024),
-                     kk > 0 ? 1 : 0);
+    wgmma_rs_s<64, T>(s, q[kk], smem_desc_128b(k_stage + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024),
+                      kk > 0 ? 1 : 0);
+}
+
+// Q rows of one 64-row block straight from global memory into wgmma A fragments: warp w of the
+// warpgroup holds rows 16w + lane/4 and + 8, columns 16*kk + 2*(lane & 3) + {0, 1} and + 8.
+// Rows past `valid` stay zero.
+template <int D, class T>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], const T* q_block,
+                                                 int64_t rs, int valid, int warp_in_group,
+                                                 int lane) {
+  const int r0 = warp_in_group * 16 + (lane >> 2);
+  const T* q0 = q_block + r0 * rs + (lane & 3) * 2;
+  const T* q1 = q0 + 8 * rs;
+  const bool ok0 = r0 < valid, ok1 = r0 + 8 < valid;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16)) : 0u;
+    qf[kk][1] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16)) : 0u;
+    qf[kk][2] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16 + 8)) : 0u;
+    qf[kk][3] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16 + 8)) : 0u;
+  }
+}
+
+// The online softmax for one 64-key block (`valid` of them real) of this warpgroup's 64 query
+// rows, in pieces so that the warp-specialised kernel can overlap them across blocks:
+//   issue_s        S = Q K^T (Q from registers, K a 128B-swizzled shared-memory tile), async;
+//   softmax_block  mask, new row max, P = exp(S - max) packed as the next A operand, row sums,
+//                  and the factor alpha by which O must be rescaled before P V is added;
+//   rescale        O *= alpha;
+//   issue_pv       O += P V (V the transposed shared-memory operand), async, k-steps past the
+//                  valid keys skipped.
+// S always spans 64 keys: an N = 16 form for the ragged edge blocks of <= 16 keys, in either a
+// shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
+template <int D, class T>
+__device__ __forceinline__ void issue_s(float (&s)[32], const uint32_t (&qf)[D / 16][4],
+                                        uint32_t k_stage) {
+  fence_operands(s);
+  wgmma_fence();
+  s_gemm<D, T>(s, qf, k_stage);
+  wgmma_commit();
+}
+
+template <class T>
+__device__ __forceinline__ void softmax_block(float (&s)[32], float (&row_max)[2],
+                                              float (&row_sum)[2], uint32_t (&pf)[4][4],
+                                              float (&alpha)[2], int valid, float scale_log2,
+                                              int lane) {
+  if (valid < 64) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n * 8 + (lane & 3) * 2 + (e & 1);
+        if (col >= valid) s[n * 4 + e] = -INFINITY;
+      }
+  }
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[n * 4 + 0], s[n * 4 + 1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[n * 4 + 2], s[n * 4 + 3]));
+  }
+  float neg_m[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    const float m_new = fmaxf(row_max[i], mx[i]);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    alpha[i] = fast_exp2((row_max[i] - m_use) * scale_log2);
+    row_max[i] = m_new;
+    row_sum[i] *= alpha[i];
+    neg_m[i] = -m_use * scale_log2;
+  }
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+    const float p0 = fast_exp2(fmaf(s[n * 4 + 0], scale_log2, neg_m[0]));
+    const float p1 = fast_exp2(fmaf(s[n * 4 + 1], scale_log2, neg_m[0]));
+    const float p2 = fast_exp2(fmaf(s[n * 4 + 2], scale_log2, neg_m[1]));
+    const float p3 = fast_exp2(fmaf(s[n * 4 + 3], scale_log2, neg_m[1]));
+    row_sum[0] += p0 + p1;
+    row_sum[1] += p2 + p3;
+    pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
+    pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int c = 0; c < D / 8; ++c) {
+    acc[c * 4 + 0] *= alpha[0];
+    acc[c * 4 + 1] *= alpha[0];
+    acc[c * 4 + 2] *= alpha[1];
+    acc[c * 4 + 3] *= alpha[1];
+  }
+}
+
+template <int D, class T>
+__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[4][4],
+                                         uint32_t v_stage, int valid) {
+  fence_operands(acc);
+  fence_operands(pf);
+  wgmma_fence();
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    if (t * 16 < valid)  // warpgroup-uniform: P is zero past the valid keys
+      wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
+  }
+  wgmma_commit();
+}
+
+// The pieces in order, each product waited for: one key block start to finish.
+template <int D, class T>
+__device__ __forceinline__ void attend_key_block(float (&acc)[D / 2], float (&s)[32],
+                                                 float (&row_max)[2], float (&row_sum)[2],
+                                                 const uint32_t (&qf)[D / 16][4], uint32_t k_stage,
+                                                 uint32_t v_stage, int valid, float scale_log2,
+                                                 int lane) {
+  issue_s<D, T>(s, qf, k_stage);
+  wgmma_wait<0>();
+  fence_operands(s);
+  uint32_t pf[4][4];
+  float alpha[2];
+  softmax_block<T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
+  rescale<D>(acc, alpha);
+  issue_pv<D, T>(acc, pf, v_stage, valid);
+  wgmma_wait<0>();
+  fence_operands(acc);
+}
+
+// Normalises and writes this warpgroup's 64 output rows (rows past `valid` and rows that saw no
+// key are zero; their lse is -inf).
+template <int D, class T>
+__device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_block,
+                                           const float (&acc)[D / 2], const float (&row_max)[2],
+                                           float (&row_sum)[2], int valid, float scale,
+                                           int warp_in_group, int lane) {
+  const int r_lo = warp_in_group * 16 + (lane >> 2);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
+    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = r_lo + i * 8;
+    const bool live = r < valid && row_sum[i] > 0.f;
+    const float inv = live ? 1.f / row_sum[i] : 0.f;
+    T* orow = o_block + r * rs;
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) {
+      const int col = c * 8 + (lane & 3) * 2;
+      *reinterpret_cast<uint32_t*>(orow + col) =
+          ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv);
+    }
+    if (lse_block && (lane & 3) == 0)
+      lse_block[r] = live ? row_max[i] * scale + logf(row_sum[i]) : -INFINITY;
+  }
 }
 
 // CTAs per SM for one warpgroup per CTA (64 KB of shared memory each): 3 caps registers at 168.
@@ -79,7 +235,6 @@ template <int D, int QB, class T>
 __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
     attention_fwd_sm90_kernel(const FwdParams p) {
   constexpr int kThreads = 128 * QB;
-  constexpr int kRows = 64 * QB;
   constexpr uint32_t kTileBytes = 64 * D * 2;  // one 64-row tile
   extern __shared__ __align__(128) unsigned char smem_raw90[];
   const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
@@ -134,24 +289,10 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
     plan.template load<64>(sV, v_bh + kb.row * p.v_rs, p.v_rs, kb.valid, 0);
     cp_async_commit();
 
-    // Q straight from global memory into wgmma A fragments (once per CTA, overlapping the
-    // first K/V copies): rows r and r + 8, columns 16*kk + 2*(lane & 3) + {0, 1} and + 8. Rows
-    // past the valid count stay zero.
+    // Q straight from global memory (once per CTA, overlapping the first K/V copies).
     uint32_t qf[D / 16][4];
-    {
-      const int my_valid = group ? q_valid[1] : q_valid[0];
-      const int r0 = (warp & 3) * 16 + (lane >> 2);
-      const T* q0 = q_bh + (int64_t(my_qb) * 64 + r0) * p.q_rs + (lane & 3) * 2;
-      const T* q1 = q0 + 8 * p.q_rs;
-      const bool ok0 = r0 < my_valid, ok1 = r0 + 8 < my_valid;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        qf[kk][0] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16)) : 0u;
-        qf[kk][1] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16)) : 0u;
-        qf[kk][2] = ok0 ? __ldg(reinterpret_cast<const uint32_t*>(q0 + kk * 16 + 8)) : 0u;
-        qf[kk][3] = ok1 ? __ldg(reinterpret_cast<const uint32_t*>(q1 + kk * 16 + 8)) : 0u;
-      }
-    }
+    load_q_fragments<D, T>(qf, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs,
+                           group ? q_valid[1] : q_valid[0], warp & 3, lane);
     float s[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) s[i] = 0.f;
@@ -169,84 +310,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
       }
       cp_async_commit();
 
-      const uint32_t k_stage = sK + stage * kTileBytes;
-      const uint32_t v_stage = sV + stage * kTileBytes;
-      // S = Q K^T: D/16 k-steps of m64nNk16, Q from registers; N = 16 for key blocks of <= 16
-      // valid keys (the ragged edge tiles of the Wan grids hold 16 or 4), else 64. (A 4-way
-      // switch over N made ptxas serialize the wgmmas: C7511.)
-      fence_operands(s);
-      wgmma_fence();
-      if (cur_valid <= 16) {
-        float s16[32];  // own registers: sharing s with the N=64 form made ptxas serialize
-        fence_operands(s16);
-        s_gemm<16, D, T>(s16, qf, k_stage);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(s16);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) s[i] = s16[i];
-      } else {
-        s_gemm<64, D, T>(s, qf, k_stage);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(s);
-      }
-
-      if (cur_valid < 64) {
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = n * 8 + (lane & 3) * 2 + (e & 1);
-            if (col >= cur_valid) s[n * 4 + e] = -INFINITY;
-          }
-      }
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[n * 4 + 0], s[n * 4 + 1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[n * 4 + 2], s[n * 4 + 3]));
-      }
-      float neg_m[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float m_new = fmaxf(row_max[i], mx[i]);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2((row_max[i] - m_use) * p.scale_log2);
-        row_max[i] = m_new;
-        row_sum[i] *= alpha;
-#pragma unroll
-        for (int c = 0; c < D / 8; ++c) {
-          acc[c * 4 + 2 * i] *= alpha;
-          acc[c * 4 + 2 * i + 1] *= alpha;
-        }
-        neg_m[i] = -m_use * p.scale_log2;
-      }
-      uint32_t pf[4][4];
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float p0 = fast_exp2(fmaf(s[n * 4 + 0], p.scale_log2, neg_m[0]));
-        const float p1 = fast_exp2(fmaf(s[n * 4 + 1], p.scale_log2, neg_m[0]));
-        const float p2 = fast_exp2(fmaf(s[n * 4 + 2], p.scale_log2, neg_m[1]));
-        const float p3 = fast_exp2(fmaf(s[n * 4 + 3], p.scale_log2, neg_m[1]));
-        row_sum[0] += p0 + p1;
-        row_sum[1] += p2 + p3;
-        pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
-        pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
-      }
-      // O += P V: 4 k-steps of 16 keys, V as the transposed (N-major) operand.
-      fence_operands(acc);
-      wgmma_fence();
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t * 16 < cur_valid)  // CTA-uniform: P is zero past the valid keys
-          wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(acc);
+      attend_key_block<D, T>(acc, s, row_max, row_sum, qf, sK + stage * kTileBytes,
+                             sV + stage * kTileBytes, cur_valid, p.scale_log2, lane);
       stage ^= 1;
       j = jn;
     }
@@ -254,30 +319,9 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
   }
 
   if (my_qb >= p.num_q_blocks) return;
-  const int my_valid = group ? q_valid[1] : q_valid[0];
-  const int r_lo = (warp & 3) * 16 + (lane >> 2);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
-  }
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = r_lo + i * 8;
-    const bool live = r < my_valid && row_sum[i] > 0.f;
-    const float inv = live ? 1.f / row_sum[i] : 0.f;
-    const int64_t token = int64_t(my_qb) * 64 + r;
-    T* orow = o_bh + token * p.o_rs;
-#pragma unroll
-    for (int c = 0; c < D / 8; ++c) {
-      const int col = c * 8 + (lane & 3) * 2;
-      *reinterpret_cast<uint32_t*>(orow + col) =
-          ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv);
-    }
-    if (lse_bh && (lane & 3) == 0) {
-      lse_bh[token] = live ? row_max[i] * p.scale + logf(row_sum[i]) : -INFINITY;
-    }
-  }
+  const int64_t token0 = int64_t(my_qb) * 64;
+  store_rows<D, T>(o_bh + token0 * p.o_rs, p.o_rs, lse_bh ? lse_bh + token0 : nullptr, acc,
+                   row_max, row_sum, group ? q_valid[1] : q_valid[0], p.scale, warp & 3, lane);
 }
 
 template <int D, int QB>

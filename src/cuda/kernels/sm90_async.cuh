@@ -1,0 +1,68 @@
+// Hopper asynchronous-copy primitives: mbarrier (shared-memory transaction barriers), TMA tile
+// loads (cp.async.bulk.tensor). sm_90a only;
+// other targets get empty bodies (the kernels using them are never launched there).
+#pragma once
+#include <cstdint>
+
+#include "wgmma_ops.cuh"
+
+namespace veda::cuda {
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if VEDA_SM90A
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Makes barrier initialisation visible to the async proxy (TMA completes transactions on it).
+__device__ __forceinline__ void mbar_init_fence() {
+#if VEDA_SM90A
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if VEDA_SM90A
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Arrives and announces `bytes` of TMA transactions that complete the current phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if VEDA_SM90A
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+// Blocks until the phase with parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if VEDA_SM90A
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+// One TMA box of a rank-4 tensor map into shared memory; completion is counted on `bar`.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map, uint32_t bar,
+                                            int c0, int c1, int c2, int c3) {
+#if VEDA_SM90A
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) {
+#if VEDA_SM90A
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tensor_map))
+               : "memory");
+#endif
+}
+
+}  // namespace veda::cuda
