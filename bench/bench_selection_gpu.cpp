@@ -1,8 +1,11 @@
-// GPU tile selection benchmark: GpuSelector::select (gather + statistics + scoring + top-k) on
-// a preset shape, timed with CUDA events (warm-up, then the median of many runs), per stage and
-// in total, with and without writing the tile-order copies; the tile-sparse attention at the
-// selected mask for the ratio; and, on the shared capture, how many selected tiles the
-// tensor-core scoring precisions keep in common with f32. Output: a markdown table.
+// GPU tile selection benchmark: GpuSelector (statistics + scoring + top-k) on a preset shape,
+// timed with CUDA events (warm-up, then the median of many runs), per stage and in total, for
+// each scoring precision and input path: token order writing the tile-order copies, token order
+// statistics only, and tile-order input (select_tiled, the path where a producer writes tile
+// order); how many boundary tiles each precision rescores; whether the two precisions' masks agree
+// (they should on every row); the tile-sparse attention at the selected mask for the ratio; and the
+// same agreement on the shared capture.
+// Output: markdown tables; a last line `summary | ...` per precision for scripts.
 //
 //   bench_selection_gpu [--preset wan14b-720p|wan1.3b-480p] [--density 0.05] [--runs 50]
 //                       [--method stats|mean|estimator] [--no-attention] [--capture PATH]
@@ -54,9 +57,9 @@ Result<GpuScoreMethod> parse_method(const std::string& m) {
   return invalid_argument("--method must be mean, stats or estimator");
 }
 
-const char* precision_name(GpuScorePrecision p) {
-  return p == GpuScorePrecision::kF32 ? "f32" : p == GpuScorePrecision::kTF32 ? "tf32" : "bf16";
-}
+const char* precision_name(GpuScorePrecision p) { return p == GpuScorePrecision::kF32 ? "f32" : "f16x3"; }
+
+constexpr GpuScorePrecision kPrecisions[] = {GpuScorePrecision::kF32, GpuScorePrecision::kF16x3};
 
 GpuSelectorOptions make_options(GpuScoreMethod method, int heads, float scale,
                                 GpuScorePrecision precision) {
@@ -113,39 +116,57 @@ Status run(const Options& opt) {
              "density {}, method {}\n\ndevice: {}\n\n",
              opt.preset, heads, tokens, dim, batch, layouts.max_tiles(), opt.density, opt.method,
              device);
-  fmt::print("| precision | tiled copies | gather+stats ms | score GEMM ms | top-k ms | total ms "
-             "(median of {}) |\n|---|---|---|---|---|---|\n", opt.runs);
+  fmt::print("| precision | input | gather+stats ms | score GEMM ms | top-k ms | total ms "
+             "(median of {}) | GB/s (q, k read) |\n|---|---|---|---|---|---|---|\n", opt.runs);
 
   cudaEvent_t e0, e1;
   BENCH_CUDA(cudaEventCreate(&e0));
   BENCH_CUDA(cudaEventCreate(&e1));
   DeviceBuffer indices;
   int max_k = 0;
-  float total_f32_tiled = 0;
-  for (GpuScorePrecision precision :
-       {GpuScorePrecision::kF32, GpuScorePrecision::kTF32, GpuScorePrecision::kBF16}) {
+  // Tile-order inputs for select_tiled (and the attention): the gathers of q, k and v.
+  {
+    VEDA_ASSIGN_OR_RETURN(GpuSelector g, GpuSelector::make(layouts, config,
+                          make_options(method, heads, scale, GpuScorePrecision::kF32)));
+    VEDA_RETURN_IF_ERROR(g.gather(q.data(), dtype, batch, dim, qt.data()));
+    VEDA_RETURN_IF_ERROR(g.gather(k.data(), dtype, batch, dim, kt.data()));
+    VEDA_RETURN_IF_ERROR(g.gather(v.data(), dtype, batch, dim, vt.data()));
+  }
+  enum class Input { kTokensCopies, kTokens, kTiles };
+  const char* input_names[] = {"tokens, writes q/k tile order", "tokens, stats only",
+                               "tile order (select_tiled)"};
+  const double read_bytes = 2.0 * 2.0 * double(in_elems);  // q and k, bf16
+  float total_ms[2][3] = {};
+  std::vector<int32_t> masks[2];  // each precision's last mask (tile-order input)
+  for (int pi = 0; pi < 2; ++pi) {
+    const GpuScorePrecision precision = kPrecisions[pi];
     VEDA_ASSIGN_OR_RETURN(GpuSelector selector,
                           GpuSelector::make(layouts, config, make_options(method, heads, scale, precision)));
     max_k = selector.max_k();
     if (!indices.data()) {
       VEDA_ASSIGN_OR_RETURN(indices, DeviceBuffer::allocate(rows * size_t(max_k) * 4));
     }
-    for (bool tiled : {true, false}) {
-      void* qo = tiled ? qt.data() : nullptr;
-      void* ko = tiled ? kt.data() : nullptr;
+    for (Input input : {Input::kTokensCopies, Input::kTokens, Input::kTiles}) {
+      auto run_once = [&](GpuSelectStageTimes* t) {
+        if (input == Input::kTiles)
+          return selector.select_tiled(qt.data(), kt.data(), dtype, batch, dim, counts.as<int32_t>(),
+                                       indices.as<int32_t>(), nullptr, t);
+        const bool copies = input == Input::kTokensCopies;
+        return selector.select(q.data(), k.data(), dtype, batch, dim, copies ? qt.data() : nullptr,
+                               copies ? kt.data() : nullptr, counts.as<int32_t>(),
+                               indices.as<int32_t>(), nullptr, t);
+      };
       std::vector<float> stage[3], total;
       for (int r = 0; r < opt.warmup + opt.runs; ++r) {
         GpuSelectStageTimes t;
-        VEDA_RETURN_IF_ERROR(selector.select(q.data(), k.data(), dtype, batch, dim, qo, ko,
-                                             counts.as<int32_t>(), indices.as<int32_t>(), nullptr, &t));
+        VEDA_RETURN_IF_ERROR(run_once(&t));
         if (r < opt.warmup) continue;
         stage[0].push_back(t.gather_stats_ms), stage[1].push_back(t.score_ms),
             stage[2].push_back(t.select_ms);
       }
       for (int r = 0; r < opt.warmup + opt.runs; ++r) {  // end to end, no stage events
         BENCH_CUDA(cudaEventRecord(e0));
-        VEDA_RETURN_IF_ERROR(selector.select(q.data(), k.data(), dtype, batch, dim, qo, ko,
-                                             counts.as<int32_t>(), indices.as<int32_t>()));
+        VEDA_RETURN_IF_ERROR(run_once(nullptr));
         BENCH_CUDA(cudaEventRecord(e1));
         BENCH_CUDA(cudaEventSynchronize(e1));
         float ms = 0;
@@ -154,19 +175,35 @@ Status run(const Options& opt) {
       }
       VEDA_RETURN_IF_ERROR(selector.check_numerics());
       const float tot = median(total);
-      if (precision == GpuScorePrecision::kF32 && tiled) total_f32_tiled = tot;
-      fmt::print("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", precision_name(precision),
-                 tiled ? "q, k" : "none (stats only)", median(stage[0]), median(stage[1]),
-                 median(stage[2]), tot);
+      total_ms[pi][int(input)] = tot;
+      fmt::print("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} |\n",
+                 precision_name(precision), input_names[int(input)], median(stage[0]),
+                 median(stage[1]), median(stage[2]), tot, read_bytes / (median(stage[0]) * 1e6));
     }
+    masks[pi].resize(rows * size_t(max_k));
+    VEDA_RETURN_IF_ERROR(copy_to_host(masks[pi].data(), indices.data(), masks[pi].size() * 4));
   }
-  // Re-run f32 so the mask in device memory is the f32 one, and gather v.
+  size_t same_rows = 0;
+  for (size_t r = 0; r < rows; ++r)
+    same_rows += std::equal(&masks[0][r * max_k], &masks[0][(r + 1) * max_k], &masks[1][r * max_k]);
+  fmt::print("\nf16x3 and f32 masks identical on {} of {} rows\n", same_rows, rows);
+  // The mask left in device memory is FP16x3's on tile-order input (the same as f32's). How many
+  // boundary tiles each precision rescored (separate, counting runs).
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer c2, DeviceBuffer::allocate(rows * 4));
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer i2, DeviceBuffer::allocate(rows * size_t(max_k) * 4));
+  for (GpuScorePrecision precision : kPrecisions) {
+    GpuSelectorOptions o = make_options(method, heads, scale, precision);
+    o.count_rescored = true;
+    VEDA_ASSIGN_OR_RETURN(GpuSelector s, GpuSelector::make(layouts, config, o));
+    VEDA_RETURN_IF_ERROR(s.select_tiled(qt.data(), kt.data(), dtype, batch, dim, c2.as<int32_t>(),
+                                        i2.as<int32_t>()));
+    VEDA_ASSIGN_OR_RETURN(GpuRescoreCounts rc, s.rescore_counts());
+    fmt::print("\n{} scoring rescored {:.2f} tiles a row ({} rows)\n", precision_name(precision),
+               double(rc.boundary_tiles) / std::max<int64_t>(1, rc.rows), rc.rows);
+  }
   {
     VEDA_ASSIGN_OR_RETURN(GpuSelector selector, GpuSelector::make(layouts, config,
                           make_options(method, heads, scale, GpuScorePrecision::kF32)));
-    VEDA_RETURN_IF_ERROR(selector.select(q.data(), k.data(), dtype, batch, dim, qt.data(), kt.data(),
-                                         counts.as<int32_t>(), indices.as<int32_t>()));
-    VEDA_RETURN_IF_ERROR(selector.gather(v.data(), dtype, batch, dim, vt.data()));
     std::vector<float> gms;
     for (int r = 0; r < opt.warmup + opt.runs; ++r) {
       BENCH_CUDA(cudaEventRecord(e0));
@@ -182,6 +219,7 @@ Status run(const Options& opt) {
                median(gms), bytes / (median(gms) * 1e6));
     BENCH_CUDA(cudaDeviceSynchronize());
   }
+  float attention_ms = 0;
   if (opt.attention) {
     VEDA_ASSIGN_OR_RETURN(DeviceBuffer valid, DeviceBuffer::allocate(layouts.valid_table().size() * 4));
     VEDA_RETURN_IF_ERROR(copy_to_device(valid.data(), layouts.valid_table().data(),
@@ -202,16 +240,23 @@ Status run(const Options& opt) {
     p.max_k = max_k;
     p.softmax_scale = scale;
     VEDA_ASSIGN_OR_RETURN(std::vector<float> ms, time_attention_cuda(p, 3, std::max(10, opt.runs / 2)));
-    const float att = median(ms);
+    attention_ms = median(ms);
     fmt::print("\ntile-sparse attention at the selected mask (density {}, max_k {}): {:.3f} ms "
-               "({}); selection f32 with tiled copies = {:.1f}% of it (target <= 5%)\n",
-               opt.density, max_k, att, attention_cuda_kernel_name(p),
-               100.0 * total_f32_tiled / att);
+               "({}); selection f16x3 on tile-order input = {:.1f}% of it, f32 writing the tile-order "
+               "copies {:.1f}% (target <= 5%)\n",
+               opt.density, max_k, attention_ms, attention_cuda_kernel_name(p),
+               100.0 * total_ms[1][2] / attention_ms, 100.0 * total_ms[0][0] / attention_ms);
   }
   BENCH_CUDA(cudaEventDestroy(e0));
   BENCH_CUDA(cudaEventDestroy(e1));
+  for (int pi = 0; pi < 2; ++pi)
+    fmt::print("\nsummary | {} | {} | {} | copies {:.3f} | stats-only {:.3f} | tile-order {:.3f} | "
+               "attention {:.3f} ms",
+               opt.preset, opt.method, precision_name(kPrecisions[pi]), total_ms[pi][0],
+               total_ms[pi][1], total_ms[pi][2], attention_ms);
+  fmt::print("\n");
 
-  // Mask agreement of the tensor-core precisions with f32, on the shared capture.
+  // Mask agreement of FP16x3 with f32, on the shared capture.
   auto capture = load_capture(opt.capture);
   if (!capture) {
     fmt::print("\n(capture {} not loaded: {})\n", opt.capture, capture.status().to_string());
@@ -225,18 +270,20 @@ Status run(const Options& opt) {
   VEDA_RETURN_IF_ERROR(copy_to_device(cq.data(), capture->q.data(), capture->q.nbytes()));
   VEDA_RETURN_IF_ERROR(copy_to_device(ck.data(), capture->k.data(), capture->k.nbytes()));
   const size_t crows = size_t(ch) * cl.max_tiles();
-  fmt::print("\nmask agreement with f32 scoring on {} ({} heads, {} tiles/head, method {}):\n\n"
-             "| precision | density | selected tiles in common | rows identical |\n|---|---|---|---|\n",
+  fmt::print("\nFP16x3 scoring against f32 on {} ({} heads, {} tiles/head, method {}):\n\n"
+             "| density | selected tiles in common | rows identical | tiles rescored a row: f32, "
+             "FP16x3 |\n|---|---|---|---|\n",
              opt.capture, ch, cl.max_tiles(), opt.method);
   for (double density : {0.05, 0.1}) {
     SelectionConfig cc;
     cc.density = density;
     std::vector<std::vector<int32_t>> masks;
     int ck_max = 0;
-    for (GpuScorePrecision precision :
-         {GpuScorePrecision::kF32, GpuScorePrecision::kTF32, GpuScorePrecision::kBF16}) {
-      VEDA_ASSIGN_OR_RETURN(GpuSelector s, GpuSelector::make(cl, cc, make_options(
-                                               method, ch, 1.0f / std::sqrt(float(cd)), precision)));
+    double rescored[2] = {};
+    for (GpuScorePrecision precision : kPrecisions) {
+      GpuSelectorOptions o = make_options(method, ch, 1.0f / std::sqrt(float(cd)), precision);
+      o.count_rescored = true;
+      VEDA_ASSIGN_OR_RETURN(GpuSelector s, GpuSelector::make(cl, cc, o));
       ck_max = s.max_k();
       VEDA_ASSIGN_OR_RETURN(DeviceBuffer c, DeviceBuffer::allocate(crows * 4));
       VEDA_ASSIGN_OR_RETURN(DeviceBuffer ix, DeviceBuffer::allocate(crows * ck_max * 4));
@@ -245,23 +292,20 @@ Status run(const Options& opt) {
       std::vector<int32_t> host(crows * ck_max);
       VEDA_RETURN_IF_ERROR(copy_to_host(host.data(), ix.data(), host.size() * 4));
       masks.push_back(std::move(host));
-      if (precision == GpuScorePrecision::kF32) continue;
-      int64_t common = 0, total = 0, same_rows = 0;
-      for (size_t r = 0; r < crows; ++r) {
-        const int32_t* a = &masks[0][r * ck_max];
-        const int32_t* b = &masks.back()[r * ck_max];
-        bool same = true;
-        for (int m = 0; m < ck_max; ++m) {
-          same &= a[m] == b[m];
-          if (a[m] < 0) continue;
-          ++total;
-          common += std::find(b, b + ck_max, a[m]) != b + ck_max;
-        }
-        same_rows += same;
-      }
-      fmt::print("| {} | {} | {:.4f} | {:.4f} |\n", precision_name(precision), density,
-                 double(common) / std::max<int64_t>(1, total), double(same_rows) / crows);
+      VEDA_ASSIGN_OR_RETURN(GpuRescoreCounts rc, s.rescore_counts());
+      rescored[masks.size() - 1] = double(rc.boundary_tiles) / std::max<int64_t>(1, rc.rows);
     }
+    int64_t common = 0, total = 0, same_rows = 0;
+    for (size_t r = 0; r < crows; ++r) {
+      const int32_t* a = &masks[0][r * ck_max];
+      const int32_t* b = &masks[1][r * ck_max];
+      same_rows += std::equal(a, a + ck_max, b);
+      for (int m = 0; m < ck_max && a[m] >= 0; ++m, ++total)
+        common += std::find(b, b + ck_max, a[m]) != b + ck_max;
+    }
+    fmt::print("| {} | {:.4f} | {:.4f} | {:.2f}, {:.2f} |\n", density,
+               double(common) / std::max<int64_t>(1, total), double(same_rows) / crows, rescored[0],
+               rescored[1]);
   }
   return Status::ok();
 }

@@ -1,5 +1,6 @@
-// Tile selection on the GPU: gather to tile order fused with tile statistics, tile scoring (mean,
-// stats, or the fitted estimator) and per-row top-k into a TileMask, all on device memory. The
+// Tile selection on the GPU: tile statistics (optionally fused with the gather to tile order),
+// tile scoring (mean, stats, or the fitted estimator) and per-row top-k into a TileMask, all on
+// device memory. docs/selection-perf.md has the design and timings. The
 // CPU reference it reproduces: gather_to_tiles + compute_tile_stats (tile_layout/scoring.hpp),
 // score_tiles_mean / score_tiles_stats / score_tiles_estimated and select_tiles (kTopK).
 //
@@ -27,17 +28,24 @@ enum class GpuScoreMethod {
   kEstimator,  // score_tiles_estimated with `estimator` (one parameter set per head)
 };
 
-// Arithmetic of the scoring GEMM. kF32 matches the CPU to float rounding (the masks agree except
-// at near-ties); the tensor-core modes are faster and move boundary tiles (see
-// docs/selection-perf.md for how many).
-enum class GpuScorePrecision { kF32, kTF32, kBF16 };
+// Arithmetic of the scoring GEMM. Both select the same mask: per row, the tiles the GEMM's
+// rigorous error bound cannot place against the row's take-th logit are rescored from the f32
+// features in a fixed order (double sums), so the mask is the top-k of these canonical logits
+// (kernels/selection_topk.cuh derives the bound). The CPU's select_tiles (OpenBLAS f32 logits)
+// agrees except where its own f32 rounding reorders a near-tie at the budget boundary.
+//  kF32    f32 GEMM (SIMT), error below W 2^-24 |q| |k| (W: feature width).
+//  kF16x3  FP16 tensor cores on features split into fp16 hi + lo (hi.hi + hi.lo + lo.hi, f32
+//          output, error bound ~2e-4 |q| |k - c| for W = 256 with k centred by c): ~5x faster.
+// Kept logits (keep_logits) are the GEMM's. A q or k feature that is NaN or infinite makes every
+// logit of its tile NaN: numeric_error (stricter than select_tiles, which may drop -inf logits).
+enum class GpuScorePrecision { kF32, kF16x3 };
 
 struct GpuSelectorOptions {
   GpuScoreMethod method = GpuScoreMethod::kStats;
   StatsScoreOptions stats;                // kStats
   std::vector<EstimatorParams> estimator;  // kEstimator: size = heads
   float scale = 0;                         // softmax scale, > 0 (1/sqrt(D) for attention)
-  GpuScorePrecision precision = GpuScorePrecision::kF32;
+  GpuScorePrecision precision = GpuScorePrecision::kF16x3;
   // select() synchronises the stream at its end and returns numeric_error when a logit of an
   // existing pair was NaN or +inf (those rows get count 0). Off: fully asynchronous; call
   // check_numerics() later.
@@ -45,6 +53,13 @@ struct GpuSelectorOptions {
   // Debug/test outputs kept on the device after each select(), read with copy_*_to_host.
   bool keep_stats = false;   // q and k TileStats
   bool keep_logits = false;  // final logits [B, H, max_tiles, max_tiles]
+  bool count_rescored = false;  // count the tiles rescored at the boundaries (slower)
+};
+
+// Tiles rescored (canonical logits) by the last select() with count_rescored.
+struct GpuRescoreCounts {
+  int64_t rows = 0;            // rows of existing query tiles
+  int64_t boundary_tiles = 0;  // tiles rescored at those rows' budget boundaries
 };
 
 // Options reproducing a profile layer: kEstimator with its per-head parameters; `config`'s
@@ -67,9 +82,10 @@ inline GpuSelectorOptions gpu_selector_options_from_profile(const Profile& profi
 
 // Milliseconds per stage of one select() (CUDA events; select() synchronises when asked for them).
 struct GpuSelectStageTimes {
-  float gather_stats_ms = 0;  // gather to tile order + statistics + scoring features
+  float gather_stats_ms = 0;  // (gather to tile order +) statistics + scoring features
   float score_ms = 0;         // the batched scoring GEMM
-  float select_ms = 0;        // logits epilogue + top-k + mask write
+  float select_ms = 0;        // logits epilogue + top-k (+ boundary rescoring) + mask write
+  float total_ms() const { return gather_stats_ms + score_ms + select_ms; }
 };
 
 // Owns the device copies of the layouts (slot_token, tile_valid, per-head budgets and biases),
@@ -77,7 +93,8 @@ struct GpuSelectStageTimes {
 class GpuSelector {
  public:
   // Errors: selection mode kMass (unsupported on the GPU), bad densities, estimator size mismatch
-  // or non-finite parameters, non-positive scale, no CUDA device.
+  // or non-finite parameters, non-positive scale, more tiles per head than the top-k kernel's
+  // shared memory holds (about 28,000), no CUDA device.
   static Result<GpuSelector> make(const HeadLayouts& layouts, const SelectionConfig& config,
                                   const GpuSelectorOptions& options);
   GpuSelector();
@@ -91,7 +108,7 @@ class GpuSelector {
   int heads() const;
 
   // q, k: [batch, heads, tokens, head_dim] contiguous in token order (dtype f16, bf16 or f32;
-  // head_dim * element size a multiple of 16 bytes and rows 16-byte aligned).
+  // rows of 16 bytes times a power of two, at most 512 bytes, 16-byte aligned).
   // q_tiled, k_tiled: [batch, heads, padded_tokens, head_dim] of the same dtype in tile order,
   // padding slots zero; either may be null (statistics only).
   // counts: [batch, heads, max_tiles]; indices: [batch, heads, max_tiles, max_k], each row
@@ -99,6 +116,12 @@ class GpuSelector {
   Status select(const void* q, const void* k, DType dtype, int batch, int head_dim,
                 void* q_tiled, void* k_tiled, int32_t* counts, int32_t* indices,
                 void* stream = nullptr, GpuSelectStageTimes* times = nullptr);
+
+  // The same from inputs already in tile order (a producer wrote them, as the attention reads
+  // them): q_tiled, k_tiled [batch, heads, padded_tokens, head_dim]; padding slots are not read.
+  Status select_tiled(const void* q_tiled, const void* k_tiled, DType dtype, int batch,
+                      int head_dim, int32_t* counts, int32_t* indices, void* stream = nullptr,
+                      GpuSelectStageTimes* times = nullptr);
 
   // Gather alone (for v): x [batch, heads, tokens, head_dim] -> x_tiled in tile order.
   Status gather(const void* x, DType dtype, int batch, int head_dim, void* x_tiled,
@@ -111,6 +134,7 @@ class GpuSelector {
   // After a select() with keep_stats / keep_logits (synchronous copies).
   Status copy_stats_to_host(TileStats* q, TileStats* k) const;
   Result<Tensor> copy_logits_to_host() const;
+  Result<GpuRescoreCounts> rescore_counts() const;
 
  private:
   struct Impl;

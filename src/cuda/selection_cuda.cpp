@@ -11,6 +11,13 @@
 // (q+ = max(qmean, 0), q- = min(qmean, 0); qmean = q+ + q-, so these equal the CPU's sums of
 // feature planes). Per-key biases (log valid, prefix bias) and the distance prior are added in
 // the top-k kernel's epilogue.
+// kF32 runs that GEMM in f32. kF16x3 first computes a centre c of each head's k features (a few
+// tiles' mean, centre kernel); the statistics kernel writes each row of Qf and of Kf - c scaled by
+// a power of two and split into fp16 hi + lo, laid out so that one FP16 tensor-core GEMM over
+// 3W sums hi.hi + hi.lo + lo.hi (f32 output, error ~2e-4 |Qf| |Kf - c|). (c shifts each row by a
+// constant, which no ranking sees; it keeps the bound small.) Either way the top-k kernel places
+// what the GEMM's error bound allows and rescores the few boundary tiles it cannot from the f32
+// feature rows (canonical logits, kernels/selection_topk.cuh), so both precisions give one mask.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -32,8 +39,6 @@ namespace {
 
 namespace sel = cuda::sel;
 
-
-
 template <class T>
 Result<DeviceBuffer> upload(const std::vector<T>& v) {
   VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(sizeof(T) * v.size()));
@@ -52,8 +57,9 @@ struct GpuSelector::Impl {
   int64_t tokens = 0;
   sel::FeatureKind q_kind = sel::FeatureKind::kQMean, k_kind = sel::FeatureKind::kKMean;
   int width_factor = 1;  // feature width = width_factor * head_dim
+  bool fp16 = false;     // GpuScorePrecision::kF16x3
 
-  DeviceBuffer slot_token, valid, info, key_bias, distance, head_weights;
+  DeviceBuffer slot_token, valid, info, key_bias, distance, key_coords, head_weights;
 
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;
@@ -63,12 +69,17 @@ struct GpuSelector::Impl {
   cublasLtMatmulAlgo_t algo{};
   int plan_batch = -1, plan_width = -1;
 
-  // Scratch, grown on demand.
+  // Scratch, grown on demand: f32 features, the q row norms and the largest k row norm per (b, h);
+  // for kF16x3 also the split fp16 rows and their scales, the k centre and the largest centred
+  // k row norm.
   int scratch_batch = 0, scratch_dim = 0;
-  DeviceBuffer q_feat, k_feat, logits, bad_row;
+  DeviceBuffer q_feat, k_feat, q_norm, k_norm_max;
+  DeviceBuffer q_split, k_split, q_scale, k_scale, center, k_norm_centred;
+  DeviceBuffer logits, logits_kept, bad_row, rescored;  // rescored: count_rescored
   DeviceBuffer stats[6];  // q mean/max/min, k mean/max/min
   int last_batch = 0, last_dim = 0;
-  bool have_stats = false, have_logits = false;
+  bool have_stats = false, have_logits = false, have_rescored = false;
+  int64_t existing_rows = 0;  // sum of the heads' tiles
 
   cudaEvent_t events[4] = {nullptr, nullptr, nullptr, nullptr};
 
@@ -92,18 +103,32 @@ struct GpuSelector::Impl {
   Status ensure_scratch(int batch, int dim) {
     if (batch <= scratch_batch && dim <= scratch_dim) return Status::ok();
     const int b = std::max(batch, scratch_batch), d = std::max(dim, scratch_dim);
-    const size_t rows = size_t(b) * heads * max_tiles;
-    VEDA_ASSIGN_OR_RETURN(q_feat, DeviceBuffer::allocate(rows * width_factor * d * sizeof(float)));
-    VEDA_ASSIGN_OR_RETURN(k_feat, DeviceBuffer::allocate(rows * width_factor * d * sizeof(float)));
-    VEDA_ASSIGN_OR_RETURN(logits, DeviceBuffer::allocate(rows * max_tiles * sizeof(float)));
-    if (!bad_row.data()) {
-      VEDA_ASSIGN_OR_RETURN(bad_row, DeviceBuffer::allocate(sizeof(unsigned long long)));
+    const size_t rows = size_t(b) * heads * max_tiles, w = size_t(width_factor) * d;
+    auto alloc = [](DeviceBuffer& buf, size_t bytes) -> Status {
+      VEDA_ASSIGN_OR_RETURN(buf, DeviceBuffer::allocate(bytes));
+      return Status::ok();
+    };
+    const size_t head_rows = size_t(b) * heads;
+    VEDA_RETURN_IF_ERROR(alloc(logits, rows * max_tiles * sizeof(float)));
+    VEDA_RETURN_IF_ERROR(alloc(q_feat, rows * w * sizeof(float)));
+    VEDA_RETURN_IF_ERROR(alloc(k_feat, rows * w * sizeof(float)));
+    VEDA_RETURN_IF_ERROR(alloc(q_norm, rows * sizeof(float)));
+    VEDA_RETURN_IF_ERROR(alloc(k_norm_max, head_rows * sizeof(unsigned)));
+    if (fp16) {
+      VEDA_RETURN_IF_ERROR(alloc(q_split, rows * 3 * w * 2));
+      VEDA_RETURN_IF_ERROR(alloc(k_split, rows * 3 * w * 2));
+      VEDA_RETURN_IF_ERROR(alloc(q_scale, rows * sizeof(float)));
+      VEDA_RETURN_IF_ERROR(alloc(k_scale, rows * sizeof(float)));
+      VEDA_RETURN_IF_ERROR(alloc(center, head_rows * w * sizeof(float)));
+      VEDA_RETURN_IF_ERROR(alloc(k_norm_centred, head_rows * sizeof(unsigned)));
     }
-    if (options.keep_stats) {
-      for (auto& s : stats) {
-        VEDA_ASSIGN_OR_RETURN(s, DeviceBuffer::allocate(rows * d * sizeof(float)));
-      }
-    }
+    if (options.keep_logits)
+      VEDA_RETURN_IF_ERROR(alloc(logits_kept, rows * max_tiles * sizeof(float)));
+    if (!bad_row.data()) VEDA_RETURN_IF_ERROR(alloc(bad_row, sizeof(unsigned long long)));
+    if (options.count_rescored && !rescored.data())
+      VEDA_RETURN_IF_ERROR(alloc(rescored, sizeof(unsigned long long)));
+    if (options.keep_stats)
+      for (auto& s : stats) VEDA_RETURN_IF_ERROR(alloc(s, rows * d * sizeof(float)));
     scratch_batch = b, scratch_dim = d;
     return Status::ok();
   }
@@ -111,20 +136,18 @@ struct GpuSelector::Impl {
   Status ensure_plan(int batch, int width) {
     if (batch == plan_batch && width == plan_width) return Status::ok();
     free_plan();
-    const cublasComputeType_t compute =
-        options.precision == GpuScorePrecision::kTF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
-        : options.precision == GpuScorePrecision::kBF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                        : CUBLAS_COMPUTE_32F;
-    VEDA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F));
+    VEDA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     // Column-major view: C (keys x queries, ld T) = Kf^T^T . Qf^T, i.e. row-major
     // logits[q][k] = Qf[q] . Kf[k]. A = Kf stored W x T (op T), B = Qf stored W x T (op N).
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    const int64_t T = max_tiles, W = width;
+    // kF16x3: the operands are the split rows, 3W halves each; the output stays f32.
+    const int64_t T = max_tiles, W = fp16 ? 3 * int64_t(width) : width;
     const int32_t count = batch * heads;
-    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a, CUDA_R_32F, W, T, W));
-    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b, CUDA_R_32F, W, T, W));
+    const cudaDataType_t type = fp16 ? CUDA_R_16F : CUDA_R_32F;
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a, type, W, T, W));
+    VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b, type, W, T, W));
     VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_c, CUDA_R_32F, T, T, T));
     const int64_t stride_ab = T * W, stride_c = T * T;
     for (auto [layout, stride] : {std::pair{layout_a, stride_ab}, std::pair{layout_b, stride_ab},
@@ -153,25 +176,26 @@ struct GpuSelector::Impl {
     return Status::ok();
   }
 
-  Status gather_stats(const void* x, sel::Elem elem, int batch, int dim, void* x_tiled,
-                      sel::FeatureKind kind, float* features, float* mean, float* max,
-                      float* min, const float* weights, cudaStream_t stream) {
+  // Gather/statistics parameters of one tensor (no feature outputs set).
+  sel::GatherStatsParams tensor_params(const void* x, bool tile_order, int dim, void* x_tiled,
+                                       sel::FeatureKind kind) const {
     sel::GatherStatsParams p{};
     p.x = x;
     p.x_tiled = x_tiled;
-    p.tokens = tokens;
+    p.rows = tile_order ? int64_t(max_tiles) * volume : tokens;
     p.heads = heads, p.max_tiles = max_tiles, p.volume = volume, p.head_dim = dim;
-    p.slot_token = slot_token.as<int32_t>();
+    p.slot_token = tile_order ? nullptr : slot_token.as<int32_t>();
     p.valid = valid.as<int32_t>();
-    p.mean = mean, p.max = max, p.min = min;
     p.feature = kind;
-    p.features = features;
     p.width = width_factor * dim;
     p.q_scale = options.scale;
-    p.head_weights = weights;
-    VEDA_CUDA_CHECK(sel::launch_gather_stats(p, elem, batch, stream));
-    return Status::ok();
+    return p;
   }
+
+  Status select(const void* q, const void* k, bool tile_order, DType dtype, int batch,
+                int head_dim, void* q_tiled, void* k_tiled, int32_t* counts, int32_t* indices,
+                cudaStream_t stream, GpuSelectStageTimes* times);
+  Status check_numerics(cudaStream_t stream);
 };
 
 GpuSelector::GpuSelector() = default;
@@ -223,7 +247,11 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   im.max_tiles = layouts.max_tiles();
   im.volume = layouts.volume();
   im.tokens = layouts.tokens();
+  im.fp16 = options.precision == GpuScorePrecision::kF16x3;
   const int T = im.max_tiles;
+  if (sel::topk_smem_per_row(T) == 0)
+    return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
+                                   "shared memory", T));
 
   // Per-head budgets and max_k exactly as select_tiles computes them.
   std::vector<sel::HeadSelectInfo> info(heads);
@@ -234,8 +262,8 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     info[h].n = n;
     info[h].num_prefix = layout.num_prefix_tiles();
     info[h].budget = selection_budget(density, n);
-    info[h].tiles_h = layout.tiles_per_axis()[1];
-    info[h].tiles_w = layout.tiles_per_axis()[2];
+    info[h].bias_abs = 0.f;  // set below, with the biases
+    im.existing_rows += n;
     const int forced =
         (config.force_prefix ? layout.num_prefix_tiles() : 0) + (config.force_self ? 1 : 0);
     im.max_k = std::max(im.max_k, std::min(n, std::max(info[h].budget, forced)));
@@ -248,6 +276,7 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   }
 
   std::vector<float> key_bias, distance, weights;
+  std::vector<uint32_t> key_coords;  // estimator: packed video tile coordinates (distance prior)
   switch (options.method) {
     case GpuScoreMethod::kMean:
       im.q_kind = sel::FeatureKind::kQMean, im.k_kind = sel::FeatureKind::kKMean;
@@ -292,16 +321,45 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
           for (int bin = 0; bin < kDistanceBins; ++bin)
             distance.push_back(float(p.distance[axis][bin]));
       }
+      key_coords.assign(size_t(heads) * T, 0u);
+      for (int h = 0; h < heads; ++h) {
+        const TileLayout& layout = layouts.head(h);
+        const auto axis = layout.tiles_per_axis();
+        if (axis[0] >= 1024 || axis[1] >= 2048 || axis[2] >= 2048)
+          return unsupported(fmt::format("GpuSelector: {}x{}x{} video tiles; the distance prior "
+                                         "takes fewer than 1024x2048x2048", axis[0], axis[1],
+                                         axis[2]));
+        for (int j = layout.num_prefix_tiles(); j < layout.num_tiles(); ++j) {
+          const auto c = layout.tile_coords(j);
+          key_coords[size_t(h) * T + j] = uint32_t(c[0]) << 22 | uint32_t(c[1]) << 11 | uint32_t(c[2]);
+        }
+      }
       break;
     }
   }
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
+  // B_h of the top-k error bound: the largest |key bias| plus the largest |prior| (each axis' largest
+  // |bin|), rounded up past the f32 sum of the three prior terms.
+  for (int h = 0; h < heads; ++h) {
+    double b = 0;
+    if (!key_bias.empty())
+      for (int j = 0; j < T; ++j) b = std::max(b, double(std::fabs(key_bias[size_t(h) * T + j])));
+    if (!distance.empty())
+      for (int axis = 0; axis < 3; ++axis) {
+        double m = 0;
+        for (int bin = 0; bin < kDistanceBins; ++bin)
+          m = std::max(m, double(std::fabs(distance[(size_t(h) * 3 + axis) * kDistanceBins + bin])));
+        b += m;
+      }
+    info[h].bias_abs = float(b * (1 + 1e-6));
+  }
 
   VEDA_ASSIGN_OR_RETURN(im.slot_token, upload(slots));
   VEDA_ASSIGN_OR_RETURN(im.valid, upload(layouts.valid_table()));
   VEDA_ASSIGN_OR_RETURN(im.info, upload(info));
   VEDA_ASSIGN_OR_RETURN(im.key_bias, upload(key_bias));
   VEDA_ASSIGN_OR_RETURN(im.distance, upload(distance));
+  VEDA_ASSIGN_OR_RETURN(im.key_coords, upload(key_coords));
   VEDA_ASSIGN_OR_RETURN(im.head_weights, upload(weights));
   VEDA_CUBLAS_CHECK(cublasLtCreate(&im.lt));
   VEDA_ASSIGN_OR_RETURN(im.workspace, DeviceBuffer::allocate(kWorkspaceBytes));
@@ -320,14 +378,15 @@ Result<sel::Elem> check_input(DType dtype, int batch, int head_dim, const void* 
   } else if (dtype != DType::kF32) {
     return unsupported(fmt::format("GpuSelector::{}: dtype {}", what, dtype_name(dtype)));
   }
-  if (batch <= 0 || batch > 65535)
-    return invalid_argument(fmt::format("GpuSelector::{}: batch {} not in [1, 65535]", what, batch));
+  if (batch <= 0 || batch > 32767)  // grid z: batch x (q, k)
+    return invalid_argument(fmt::format("GpuSelector::{}: batch {} not in [1, 32767]", what, batch));
   const size_t row_bytes = size_t(head_dim) * dtype_size(dtype);
   const size_t chunks = row_bytes / 16;
-  if (head_dim <= 0 || row_bytes % 16 != 0 || chunks > 256 || (chunks & (chunks - 1)) != 0)
+  if (head_dim <= 0 || row_bytes % 16 != 0 || chunks > size_t(sel::kMaxRowChunks) ||
+      (chunks & (chunks - 1)) != 0)
     return unsupported(fmt::format(
         "GpuSelector::{}: head_dim {} ({} bytes a row): rows must be 16 bytes times a power of "
-        "two, at most 4096 bytes", what, head_dim, row_bytes));
+        "two, at most {} bytes", what, head_dim, row_bytes, 16 * sel::kMaxRowChunks));
   auto misaligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) != 0; };
   if (!x) return invalid_argument(fmt::format("GpuSelector::{}: input is null", what));
   if (misaligned(x) || misaligned(x_tiled))
@@ -342,80 +401,144 @@ Status GpuSelector::gather(const void* x, DType dtype, int batch, int head_dim, 
   if (!impl_) return invalid_argument("GpuSelector::gather on an empty selector");
   VEDA_ASSIGN_OR_RETURN(sel::Elem elem, check_input(dtype, batch, head_dim, x, x_tiled, "gather"));
   if (!x_tiled) return invalid_argument("GpuSelector::gather: x_tiled is null");
-  return impl_->gather_stats(x, elem, batch, head_dim, x_tiled, sel::FeatureKind::kNone, nullptr,
-                             nullptr, nullptr, nullptr, nullptr,
-                             static_cast<cudaStream_t>(stream_ptr));
+  sel::GatherStatsLaunch launch{};
+  launch.t[0] = impl_->tensor_params(x, false, head_dim, x_tiled, sel::FeatureKind::kNone);
+  launch.tensors = 1;
+  VEDA_CUDA_CHECK(sel::launch_gather_stats(launch, elem, batch,
+                                           static_cast<cudaStream_t>(stream_ptr)));
+  return Status::ok();
 }
 
 Status GpuSelector::select(const void* q, const void* k, DType dtype, int batch, int head_dim,
                            void* q_tiled, void* k_tiled, int32_t* counts, int32_t* indices,
-                           void* stream_ptr, GpuSelectStageTimes* times) {
+                           void* stream, GpuSelectStageTimes* times) {
   if (!impl_) return invalid_argument("GpuSelector::select on an empty selector");
-  Impl& im = *impl_;
+  return impl_->select(q, k, false, dtype, batch, head_dim, q_tiled, k_tiled, counts, indices,
+                       static_cast<cudaStream_t>(stream), times);
+}
+
+Status GpuSelector::select_tiled(const void* q_tiled, const void* k_tiled, DType dtype, int batch,
+                                 int head_dim, int32_t* counts, int32_t* indices, void* stream,
+                                 GpuSelectStageTimes* times) {
+  if (!impl_) return invalid_argument("GpuSelector::select_tiled on an empty selector");
+  return impl_->select(q_tiled, k_tiled, true, dtype, batch, head_dim, nullptr, nullptr, counts,
+                       indices, static_cast<cudaStream_t>(stream), times);
+}
+
+Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, DType dtype,
+                                 int batch, int head_dim, void* q_tiled, void* k_tiled,
+                                 int32_t* counts, int32_t* indices, cudaStream_t stream,
+                                 GpuSelectStageTimes* times) {
   VEDA_ASSIGN_OR_RETURN(sel::Elem elem, check_input(dtype, batch, head_dim, q, q_tiled, "select"));
   VEDA_RETURN_IF_ERROR(check_input(dtype, batch, head_dim, k, k_tiled, "select").status());
   if (!counts || !indices) return invalid_argument("GpuSelector::select: counts and indices must be set");
-  VEDA_RETURN_IF_ERROR(im.ensure_scratch(batch, head_dim));
-  const int width = im.width_factor * head_dim;
-  VEDA_RETURN_IF_ERROR(im.ensure_plan(batch, width));
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  VEDA_RETURN_IF_ERROR(ensure_scratch(batch, head_dim));
+  const int width = width_factor * head_dim;
+  VEDA_RETURN_IF_ERROR(ensure_plan(batch, width));
   if (times) {
-    for (auto& e : im.events)
+    for (auto& e : events)
       if (!e) VEDA_CUDA_CHECK(cudaEventCreate(&e));
-    VEDA_CUDA_CHECK(cudaEventRecord(im.events[0], stream));
+    VEDA_CUDA_CHECK(cudaEventRecord(events[0], stream));
   }
-  VEDA_CUDA_CHECK(cudaMemsetAsync(im.bad_row.data(), 0xFF, sizeof(unsigned long long), stream));
+  VEDA_CUDA_CHECK(cudaMemsetAsync(bad_row.data(), 0xFF, sizeof(unsigned long long), stream));
 
-  const bool keep = im.options.keep_stats;
-  float* st[6];
-  for (int i = 0; i < 6; ++i) st[i] = keep ? im.stats[i].as<float>() : nullptr;
-  VEDA_RETURN_IF_ERROR(im.gather_stats(q, elem, batch, head_dim, q_tiled, im.q_kind,
-                                       im.q_feat.as<float>(), st[0], st[1], st[2], nullptr, stream));
-  VEDA_RETURN_IF_ERROR(im.gather_stats(k, elem, batch, head_dim, k_tiled, im.k_kind,
-                                       im.k_feat.as<float>(), st[3], st[4], st[5],
-                                       im.head_weights.as<float>(), stream));
-  if (times) VEDA_CUDA_CHECK(cudaEventRecord(im.events[1], stream));
+  // Statistics and features of q and k in one launch (after the k centre, for kF16x3).
+  const bool keep = options.keep_stats;
+  sel::GatherStatsLaunch launch{};
+  launch.tensors = 2;
+  sel::GatherStatsParams& pq = launch.t[0];
+  sel::GatherStatsParams& pk = launch.t[1];
+  pq = tensor_params(q, tile_order, head_dim, q_tiled, q_kind);
+  pk = tensor_params(k, tile_order, head_dim, k_tiled, k_kind);
+  pq.features = q_feat.as<float>(), pk.features = k_feat.as<float>();
+  pq.norm = q_norm.as<float>(), pk.norm_max = k_norm_max.as<unsigned>();
+  pk.head_weights = head_weights.as<float>();
+  const size_t head_rows_bytes = size_t(batch) * heads * sizeof(unsigned);
+  VEDA_CUDA_CHECK(cudaMemsetAsync(k_norm_max.data(), 0, head_rows_bytes, stream));
+  if (keep) {
+    pq.mean = stats[0].as<float>(), pq.max = stats[1].as<float>(), pq.min = stats[2].as<float>();
+    pk.mean = stats[3].as<float>(), pk.max = stats[4].as<float>(), pk.min = stats[5].as<float>();
+  }
+  if (fp16) {
+    pq.features16 = q_split.data(), pq.lo_slot = 2, pq.row_scale = q_scale.as<float>();
+    pk.features16 = k_split.data(), pk.lo_slot = 1, pk.row_scale = k_scale.as<float>();
+    pk.norm_max_centred = k_norm_centred.as<unsigned>();
+    VEDA_CUDA_CHECK(cudaMemsetAsync(k_norm_centred.data(), 0, head_rows_bytes, stream));
+    sel::GatherStatsParams pc = pk;
+    pc.x_tiled = nullptr, pc.mean = pc.max = pc.min = nullptr;
+    VEDA_CUDA_CHECK(sel::launch_center(pc, info.as<sel::HeadSelectInfo>(), center.as<float>(),
+                                       elem, batch, stream));
+    pk.center = center.as<float>();
+  }
+  VEDA_CUDA_CHECK(sel::launch_gather_stats(launch, elem, batch, stream));
+  if (times) VEDA_CUDA_CHECK(cudaEventRecord(events[1], stream));
 
   const float alpha = 1.f, beta = 0.f;
-  VEDA_CUBLAS_CHECK(cublasLtMatmul(im.lt, im.op, &alpha, im.k_feat.data(), im.layout_a,
-                                  im.q_feat.data(), im.layout_b, &beta, im.logits.data(),
-                                  im.layout_c, im.logits.data(), im.layout_c, &im.algo,
-                                  im.workspace.data(), kWorkspaceBytes, stream));
-  if (times) VEDA_CUDA_CHECK(cudaEventRecord(im.events[2], stream));
+  const void* a = fp16 ? k_split.data() : k_feat.data();
+  const void* b = fp16 ? q_split.data() : q_feat.data();
+  VEDA_CUBLAS_CHECK(cublasLtMatmul(lt, op, &alpha, a, layout_a, b, layout_b, &beta, logits.data(),
+                                  layout_c, logits.data(), layout_c, &algo, workspace.data(),
+                                  kWorkspaceBytes, stream));
+  if (times) VEDA_CUDA_CHECK(cudaEventRecord(events[2], stream));
 
   sel::TopkParams tp{};
-  tp.logits = im.logits.as<float>();
-  tp.write_back = im.options.keep_logits;
-  tp.max_tiles = im.max_tiles, tp.heads = im.heads;
-  tp.info = im.info.as<sel::HeadSelectInfo>();
-  tp.key_bias = im.key_bias.data() ? im.key_bias.as<float>() : nullptr;
-  tp.distance = im.distance.data() ? im.distance.as<float>() : nullptr;
-  tp.force_prefix = im.config.force_prefix, tp.force_self = im.config.force_self;
-  tp.max_k = im.max_k;
+  tp.logits = logits.as<float>();
+  tp.logits_out = options.keep_logits ? logits_kept.as<float>() : nullptr;
+  tp.max_tiles = max_tiles, tp.heads = heads;
+  tp.info = info.as<sel::HeadSelectInfo>();
+  tp.key_bias = key_bias.as<float>();
+  tp.distance = distance.as<float>();
+  tp.key_coords = key_coords.as<uint32_t>();
+  tp.force_prefix = config.force_prefix, tp.force_self = config.force_self;
+  tp.max_k = max_k;
   tp.counts = counts, tp.indices = indices;
-  tp.bad_row = im.bad_row.as<unsigned long long>();
+  tp.bad_row = bad_row.as<unsigned long long>();
+  tp.q_feat = q_feat.as<float>(), tp.k_feat = k_feat.as<float>();
+  tp.width = width;
+  tp.q_norm = q_norm.as<float>();
+  tp.k_norm = k_norm_max.as<unsigned>();
+  tp.k_norm_filter = fp16 ? k_norm_centred.as<unsigned>() : k_norm_max.as<unsigned>();
+  // The GEMM's error coefficient (kernels/selection_topk.cuh derives it): P products a logit,
+  // u = 2^-11 for the fp16 split.
+  const double products = fp16 ? 3.0 * width : double(width), u = std::ldexp(1.0, -11);
+  tp.err_rel = float(1.001 * (products * std::ldexp(1.0, -22) + (fp16 ? 6 * u * u : 0.0) +
+                              std::ldexp(1.0, -20)));
+  if (fp16) {
+    tp.q_scale = q_scale.as<float>(), tp.k_scale = k_scale.as<float>();
+    tp.center = center.as<float>();
+  }
+  if (options.count_rescored) {
+    tp.rescored = rescored.as<unsigned long long>();
+    VEDA_CUDA_CHECK(cudaMemsetAsync(rescored.data(), 0, rescored.size(), stream));
+  }
   VEDA_CUDA_CHECK(sel::launch_topk(tp, batch, stream));
-  im.last_batch = batch, im.last_dim = head_dim;
-  im.have_stats = keep, im.have_logits = im.options.keep_logits;
+  last_batch = batch, last_dim = head_dim;
+  have_stats = keep, have_logits = options.keep_logits;
+  have_rescored = options.count_rescored;
 
   if (times) {
-    VEDA_CUDA_CHECK(cudaEventRecord(im.events[3], stream));
-    VEDA_CUDA_CHECK(cudaEventSynchronize(im.events[3]));
-    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->gather_stats_ms, im.events[0], im.events[1]));
-    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->score_ms, im.events[1], im.events[2]));
-    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->select_ms, im.events[2], im.events[3]));
+    VEDA_CUDA_CHECK(cudaEventRecord(events[3], stream));
+    VEDA_CUDA_CHECK(cudaEventSynchronize(events[3]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->gather_stats_ms, events[0], events[1]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->score_ms, events[1], events[2]));
+    VEDA_CUDA_CHECK(cudaEventElapsedTime(&times->select_ms, events[2], events[3]));
   }
-  if (im.options.check_numerics) return check_numerics(stream_ptr);
+  if (options.check_numerics) return check_numerics(stream);
   return Status::ok();
 }
 
-Status GpuSelector::check_numerics(void* stream_ptr) {
-  if (!impl_ || !impl_->bad_row.data()) return Status::ok();
-  VEDA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
+Status GpuSelector::check_numerics(void* stream) {
+  if (!impl_) return Status::ok();
+  return impl_->check_numerics(static_cast<cudaStream_t>(stream));
+}
+
+Status GpuSelector::Impl::check_numerics(cudaStream_t stream) {
+  if (!bad_row.data()) return Status::ok();
+  VEDA_CUDA_CHECK(cudaStreamSynchronize(stream));
   unsigned long long bad = 0;
-  VEDA_RETURN_IF_ERROR(copy_to_host(&bad, impl_->bad_row.data(), sizeof(bad)));
+  VEDA_RETURN_IF_ERROR(copy_to_host(&bad, bad_row.data(), sizeof(bad)));
   if (bad == ~0ull) return Status::ok();
-  const int64_t T = impl_->max_tiles, H = impl_->heads;
+  const int64_t T = max_tiles, H = heads;
   const int64_t q = int64_t(bad) % T, h = (int64_t(bad) / T) % H, b = int64_t(bad) / (T * H);
   return numeric_error(fmt::format(
       "GpuSelector::select: a logit of (b={}, h={}, q tile={}) is NaN or +inf", b, h, q));
@@ -434,12 +557,23 @@ Status GpuSelector::copy_stats_to_host(TileStats* q, TileStats* k) const {
   return Status::ok();
 }
 
+Result<GpuRescoreCounts> GpuSelector::rescore_counts() const {
+  if (!impl_ || !impl_->have_rescored)
+    return invalid_argument("GpuSelector: no counts (set count_rescored and run select)");
+  unsigned long long c = 0;
+  VEDA_RETURN_IF_ERROR(copy_to_host(&c, impl_->rescored.data(), sizeof(c)));
+  GpuRescoreCounts out;
+  out.rows = impl_->existing_rows * impl_->last_batch;
+  out.boundary_tiles = int64_t(c);
+  return out;
+}
+
 Result<Tensor> GpuSelector::copy_logits_to_host() const {
   if (!impl_ || !impl_->have_logits)
     return invalid_argument("GpuSelector: no logits kept (set keep_logits and run select)");
   const Impl& im = *impl_;
   Tensor t = Tensor::empty(DType::kF32, {im.last_batch, im.heads, im.max_tiles, im.max_tiles});
-  VEDA_RETURN_IF_ERROR(copy_to_host(t.data(), im.logits.data(), t.nbytes()));
+  VEDA_RETURN_IF_ERROR(copy_to_host(t.data(), im.logits_kept.data(), t.nbytes()));
   return t;
 }
 

@@ -1,37 +1,79 @@
-// Kernel translation unit of the GPU tile selection: launchers for the gather/statistics kernel
-// (kernels/selection_gather_stats.cuh) and the top-k kernel (kernels/selection_topk.cuh).
+// Kernel translation unit of the GPU tile selection: launchers for the gather/statistics and
+// centre kernels (kernels/selection_gather_stats.cuh) and the top-k kernel
+// (kernels/selection_topk.cuh).
+#include <algorithm>
+
 #include "cuda/kernels/selection_gather_stats.cuh"
 #include "cuda/kernels/selection_topk.cuh"
 #include "cuda/selection_launch.hpp"
 
 namespace veda::cuda::sel {
+namespace {
 
-cudaError_t launch_gather_stats(const GatherStatsParams& p, Elem elem, int batch,
-                                cudaStream_t stream) {
-  const dim3 grid(unsigned(p.max_tiles), unsigned(p.heads), unsigned(batch));
+// Calls f(T{}) with the element type of `elem`.
+template <class F>
+cudaError_t with_elem(Elem elem, F&& f) {
   switch (elem) {
     case Elem::kBF16:
-      gather_stats_kernel<__nv_bfloat16><<<grid, kGatherThreads, 0, stream>>>(p);
-      break;
+      return f(__nv_bfloat16{});
     case Elem::kF16:
-      gather_stats_kernel<__half><<<grid, kGatherThreads, 0, stream>>>(p);
-      break;
+      return f(__half{});
     case Elem::kF32:
-      gather_stats_kernel<float><<<grid, kGatherThreads, 0, stream>>>(p);
-      break;
+      return f(float{});
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
+}
+
+// 16-byte chunks a row.
+int row_chunks(const GatherStatsParams& p, Elem elem) {
+  return p.head_dim * (elem == Elem::kF32 ? 4 : 2) / 16;
+}
+
+constexpr size_t kTopkSmemTarget = 48 * 1024;   // per CTA: 3 rows of 1,440 tiles, 8 of 624
+// A row's shared memory at most (sm_90 gives a CTA 227 KB; on sm_80, 163 KB, rows above that fail
+// to launch with an error).
+constexpr size_t kTopkSmemLimit = 220 * 1024;
+
+}  // namespace
+
+cudaError_t launch_gather_stats(const GatherStatsLaunch& launch, Elem elem, int batch,
+                                cudaStream_t stream) {
+  const GatherStatsParams& p = launch.t[0];
+  const int tiles_per_cta = kStatsThreads / row_chunks(p, elem);
+  const dim3 grid(unsigned((p.max_tiles + tiles_per_cta - 1) / tiles_per_cta), unsigned(p.heads),
+                  unsigned(batch * launch.tensors));
+  return with_elem(elem, [&](auto t) {
+    gather_stats_kernel<decltype(t)><<<grid, kStatsThreads, 0, stream>>>(launch);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info, float* center,
+                          Elem elem, int batch, cudaStream_t stream) {
+  const dim3 grid(unsigned(p.heads), unsigned(batch));
+  return with_elem(elem, [&](auto t) {
+    center_kernel<decltype(t)><<<grid, kStatsThreads, 0, stream>>>(p, info, center);
+    return cudaGetLastError();
+  });
+}
+
+size_t topk_smem_per_row(int max_tiles) {  // values f32, two uint16 lists, histogram
+  const size_t bytes = (2 * size_t(max_tiles) + kTopkBins) * sizeof(float);
+  return bytes <= kTopkSmemLimit && max_tiles <= 65535 ? bytes : 0;
 }
 
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream) {
-  const size_t smem = sizeof(float) * size_t(p.max_tiles);
+  const size_t per_row = topk_smem_per_row(p.max_tiles);
+  if (per_row == 0) return cudaErrorInvalidValue;
+  const int warps = int(std::clamp<size_t>(kTopkSmemTarget / per_row, 1, kTopkMaxWarps));
+  const size_t smem = per_row * warps;
   if (smem > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
-  const dim3 grid(unsigned(p.max_tiles), unsigned(p.heads), unsigned(batch));
-  topk_kernel<<<grid, kTopkThreads, smem, stream>>>(p);
+  const dim3 grid(unsigned((p.max_tiles + warps - 1) / warps), unsigned(p.heads), unsigned(batch));
+  topk_kernel<<<grid, warps * 32, smem, stream>>>(p);
   return cudaGetLastError();
 }
 

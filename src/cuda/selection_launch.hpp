@@ -10,6 +10,9 @@ namespace veda::cuda::sel {
 
 enum class Elem { kF16, kBF16, kF32 };
 
+// 16-byte chunks a row may have: a tile's lanes of the statistics kernel share one warp.
+inline constexpr int kMaxRowChunks = 32;
+
 // What the gather/statistics kernel writes as scoring features ([B, H, max_tiles, width] f32).
 enum class FeatureKind {
   kNone,      // gather (and statistics) only
@@ -21,48 +24,85 @@ enum class FeatureKind {
   kKBlend4,   // kKBlend then [QU mean+, QU mean-]                               width 4D
 };
 
+// One tensor (q, k or v) of the gather/statistics kernel.
 struct GatherStatsParams {
-  const void* x;           // [B, H, tokens, D] token order
-  void* x_tiled;           // [B, H, max_tiles * volume, D] tile order, same dtype; may be null
-  int64_t tokens;
+  const void* x;              // [B, H, rows, D]: token order (slot_token set) or tile order
+  void* x_tiled;              // [B, H, max_tiles * volume, D] tile order, same dtype; may be null
+  int64_t rows;               // rows of x per (b, h): tokens, or max_tiles * volume in tile order
   int heads, max_tiles, volume, head_dim;
-  const int32_t* slot_token;  // [H][max_tiles * volume], -1 = padding
+  const int32_t* slot_token;  // [H][max_tiles * volume] token of each slot; null: x in tile order
   const int32_t* valid;       // [H][max_tiles]
   float* mean;                // [B, H, max_tiles, D] each; all three null or all set
   float* max;
   float* min;
   FeatureKind feature = FeatureKind::kNone;
-  float* features;             // [B, H, max_tiles, width]
-  int width;
-  float q_scale;               // kQ*: multiplies every query feature
-  const float* head_weights;   // kK*: [H][4] = P, KU, KL, QU
+  int width;                  // feature width (D, 2D or 4D)
+  float q_scale;              // kQ*: multiplies every query feature
+  const float* head_weights;  // kK*: [H][4] = P, KU, KL, QU
+  float* features;            // [B, H, max_tiles, width] f32, uncentred (both precisions), or null
+  float* norm;                // [B, H, max_tiles]: |feature row| (uncentred), or null
+  unsigned* norm_max;         // [B, H]: atomicMax of the bits of |feature row| (preset 0), or null
+  // FP16x3 scoring (all null otherwise): split rows x * 2^-a = hi + lo (fp16 each), 3 * width
+  // halves a row: [hi | hi | lo] for q (lo_slot 2), [hi | lo | hi] for k (lo_slot 1), so that one
+  // GEMM over 3 * width sums hi.hi + hi.lo + lo.hi.
+  const float* center;        // [B, H, width]: subtracted from the features of non-empty tiles
+  void* features16;           // [B, H, max_tiles, 3 * width] __half
+  int lo_slot;
+  float* row_scale;           // [B, H, max_tiles]: 2^a, the factor that undoes the row's scaling
+  unsigned* norm_max_centred; // [B, H]: as norm_max, of the centred rows (k), or null
+};
+
+// The gather/statistics launch: one tensor, or q and k together (one grid, no second tail).
+struct GatherStatsLaunch {
+  GatherStatsParams t[2];
+  int tensors;  // 1 or 2
 };
 
 struct HeadSelectInfo {
   int n;            // the head's tiles
   int num_prefix;   // prefix tiles
   int budget;       // clamp(round(density * n), 1, n)
-  int tiles_h, tiles_w;  // video tiles along h and w (for the distance prior)
+  float bias_abs;   // >= |key bias| + |distance prior| of any key tile (the error bound's B_h)
 };
 
 inline constexpr int kDistanceTableSize = 3 * 11;  // [axis][bin], EstimatorParams::distance
 
 struct TopkParams {
-  float* logits;                  // [B, H, T, T]: raw GEMM scores in; final logits out if write_back
-  bool write_back;
+  const float* logits;            // [B, H, T, T] raw GEMM scores (FP16x3: of the scaled rows)
+  float* logits_out;              // [B, H, T, T] final logits (debug), or null
   int max_tiles, heads;
   const HeadSelectInfo* info;     // [H]
   const float* key_bias;          // [H][T] or null
   const float* distance;          // [H][kDistanceTableSize] or null
+  const uint32_t* key_coords;     // [H][T] video tile (t << 22 | h << 11 | w); with distance
   bool force_prefix, force_self;
   int max_k;
   int32_t* counts;                // [B, H, T]
   int32_t* indices;               // [B, H, T, max_k]
   unsigned long long* bad_row;    // atomicMin of the row index (b*H + h)*T + q; preset to ~0
+  // The exact-boundary data (selection_topk.cuh): f32 feature rows for the canonical rescoring,
+  // the row norms and the error-bound coefficient.
+  const float* q_feat;            // [B, H, T, width] f32
+  const float* k_feat;            // [B, H, T, width] f32, uncentred
+  int width;
+  const float* q_norm;            // [B, H, T] |q feature row|
+  const unsigned* k_norm;         // [B, H] float bits: largest |k feature row|, uncentred
+  const unsigned* k_norm_filter;  // [B, H]: the same for the rows the GEMM saw (centred: FP16x3)
+  float err_rel;                  // the GEMM's error coefficient (times |q| k_norm_filter)
+  // FP16x3 scoring only (null for f32): raw scores are of the scaled rows.
+  const float* q_scale;           // [B, H, T]
+  const float* k_scale;           // [B, H, T]
+  const float* center;            // [B, H, width] (only for logits_out)
+  unsigned long long* rescored;   // debug, or null: tiles rescored at the boundaries
 };
 
-cudaError_t launch_gather_stats(const GatherStatsParams& p, Elem elem, int batch,
+cudaError_t launch_gather_stats(const GatherStatsLaunch& launch, Elem elem, int batch,
                                 cudaStream_t stream);
+// center[b, h] = mean k features of a few evenly spaced tiles of head h (p: the k tensor).
+cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info, float* center,
+                          Elem elem, int batch, cudaStream_t stream);
+// Shared memory the top-k kernel needs per row (one warp a row); 0 if max_tiles is too large.
+size_t topk_smem_per_row(int max_tiles);
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream);
 
 }  // namespace veda::cuda::sel

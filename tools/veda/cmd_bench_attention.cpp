@@ -1,6 +1,8 @@
 // veda bench attention: times the CUDA tile-skipping attention (dense = every tile selected) on
 // random inputs drawn on the device, with random masks or masks from the selection path; median
 // of many runs timed with CUDA events after a warm-up; optional check against the CPU references.
+// Beside each sparse row, the GPU tile selection at that density on the same q and k (stats
+// scoring, default precision, tile-order input as the attention reads it) and its share.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #ifdef VEDA_HAS_CUDA
 #include "cuda/attention_check.hpp"
 #include "veda/cuda.hpp"
+#include "veda/cuda_selection.hpp"
 #include "veda/scoring.hpp"
 #include "veda/selection.hpp"
 #endif
@@ -61,6 +64,33 @@ Result<TileMask> selected_mask(const cuda_check::DeviceProblem& pr, const HeadLa
   SelectionConfig config;
   config.density = density;
   return select_tiles(logits, layouts, config);
+}
+
+// Median milliseconds of GpuSelector::select_tiled on the problem's q and k (tile order) at
+// `density`: the sum of its stage events (statistics, scoring, top-k).
+Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,
+                            double density, int warmup, int runs) {
+  SelectionConfig config;
+  config.density = density;
+  GpuSelectorOptions so;
+  so.scale = pr.scale;
+  so.check_numerics = false;
+  VEDA_ASSIGN_OR_RETURN(GpuSelector selector, GpuSelector::make(layouts, config, so));
+  const size_t rows = size_t(pr.batch) * pr.heads * layouts.max_tiles();
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer counts, DeviceBuffer::allocate(rows * 4));
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer indices,
+                        DeviceBuffer::allocate(rows * std::max(1, selector.max_k()) * 4));
+  std::vector<double> ms;
+  for (int r = 0; r < warmup + runs; ++r) {
+    GpuSelectStageTimes t;
+    VEDA_RETURN_IF_ERROR(selector.select_tiled(pr.q.data(), pr.k.data(), pr.dtype, pr.batch,
+                                               pr.head_dim, counts.as<int32_t>(),
+                                               indices.as<int32_t>(), nullptr, &t));
+    if (r >= warmup) ms.push_back(t.total_ms());
+  }
+  VEDA_RETURN_IF_ERROR(selector.check_numerics());
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
 }
 
 struct Flops {
@@ -114,7 +144,8 @@ Status run_bench(const BenchOptions& opt) {
   VEDA_ASSIGN_OR_RETURN(auto base, cuda_check::DeviceProblem::make(
                                        o.batch, layouts, int(o.head_dim), dtype, nullptr, o.seed));
   Table table{{"B", "H", "grid", "D", "dtype", "mask", "density", "kernel", "ms (median)",
-               "ms (min)", "TFLOP/s actual", "TFLOP/s dense-eq", "verify"},
+               "ms (min)", "TFLOP/s actual", "TFLOP/s dense-eq", "select ms", "select %",
+               "verify"},
               {}};
   nlohmann::json rows = nlohmann::json::array();
   for (double density : densities) {
@@ -177,6 +208,15 @@ Status run_bench(const BenchOptions& opt) {
       std::swap(pr.counts, counts);
       std::swap(pr.indices, indices);
     }
+    double select = -1;  // dense, or not timed
+    if (!dense) {
+      auto timed = selection_ms(pr, layouts, density, o.warmup, o.runs);
+      if (timed.is_ok()) {
+        select = *timed;
+      } else {
+        fmt::print(stderr, "selection not timed: {}\n", timed.status().to_string());
+      }
+    }
     const double tf_actual = flops.actual / (median * 1e-3) / 1e12;
     const double tf_dense = flops.dense / (median * 1e-3) / 1e12;
     table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), grid.str(),
@@ -184,6 +224,8 @@ Status run_bench(const BenchOptions& opt) {
                           fmt::format("{:.4f}", actual_density), kernel,
                           fmt::format("{:.3f}", median), fmt::format("{:.3f}", best),
                           fmt::format("{:.1f}", tf_actual), fmt::format("{:.1f}", tf_dense),
+                          select < 0 ? "-" : fmt::format("{:.3f}", select),
+                          select < 0 ? "-" : fmt::format("{:.1f}", 100.0 * select / median),
                           verdict});
     rows.push_back({{"device", device},
                     {"batch", o.batch},
@@ -203,6 +245,7 @@ Status run_bench(const BenchOptions& opt) {
                     {"flops_dense", flops.dense},
                     {"tflops_actual", tf_actual},
                     {"tflops_dense_equiv", tf_dense},
+                    {"select_ms", select < 0 ? nlohmann::json() : nlohmann::json(select)},
                     {"verify", verdict},
                     {"checks", checks}});
     if (o.verify && verdict != "pass" && !o.json) fmt::print(stderr, "verification FAILED\n");
