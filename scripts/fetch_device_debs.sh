@@ -7,6 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$root/.deps"
 cd "$root/.deps"
 pkgs=(nlohmann-json3-dev libfmt-dev libfmt9 libcli11-dev libgtest-dev
-      libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libopenblas0 libgfortran5 libquadmath0)
+      libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libopenblas0 libgfortran5 libquadmath0
+      libstb-dev libstb0)
 apt-get download "${pkgs[@]}"
 ls -la "$root/.deps"

@@ -4,11 +4,11 @@
 # Then `veda_configure BUILD_DIR [cmake args...]` configures the project against them.
 VEDA_DEPS_PREFIX=${VEDA_DEPS_PREFIX:-/tmp/veda-deps}
 _veda_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ ! -f "$VEDA_DEPS_PREFIX/.done" ]; then
-  mkdir -p "$VEDA_DEPS_PREFIX"
-  for deb in "$_veda_root"/.deps/*.deb; do dpkg -x "$deb" "$VEDA_DEPS_PREFIX"; done
-  touch "$VEDA_DEPS_PREFIX/.done"
-fi
+mkdir -p "$VEDA_DEPS_PREFIX/.unpacked"
+for deb in "$_veda_root"/.deps/*.deb; do  # each package once per machine (a warm one keeps them)
+  mark="$VEDA_DEPS_PREFIX/.unpacked/$(basename "$deb")"
+  [ -f "$mark" ] || { dpkg -x "$deb" "$VEDA_DEPS_PREFIX" && touch "$mark"; }
+done
 _lib="$VEDA_DEPS_PREFIX/usr/lib/x86_64-linux-gnu"
 _blas="$_lib/openblas-pthread"
 # The Debian alternatives links (libblas.so.3 -> openblas) are not unpacked: name the files.

@@ -79,6 +79,15 @@ struct SparseAttentionConfig {
       scorer;
 };
 
+struct Profile;  // veda/profile.hpp
+
+// Veda mode from a calibration profile: the layers it covers get its per-head tile shapes, its
+// per-head split of `density` (Profile::head_densities) and its fitted estimators as `scorer`;
+// other layers keep `sparse`'s tile shape, density and score. Errors: the profile is for another
+// head count.
+Status use_profile(std::shared_ptr<const Profile> profile, int num_layers, int heads,
+                   double density, SparseAttentionConfig* sparse);
+
 // Receives one layer's self-attention inputs: q, k, v f32 [B, H, N, D], post-norm and post-RoPE,
 // tokens in (t, h, w) row-major order. An error stops the forward pass.
 using AttentionCaptureFn =

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "veda/dit.hpp"
+#include "veda/profile.hpp"
+#include "veda/sampler.hpp"
 #include "veda/status.hpp"
 #include "veda/tensor.hpp"
 #include "veda/tile_layout.hpp"
@@ -22,6 +24,13 @@ struct WanCudaOptions {
   double density = 0.05;          // veda mode: share of key tiles per query tile (top-k)
   TileShape tile_shape{4, 4, 4};  // every head (dense mode uses it too)
   ScoreMethod score = ScoreMethod::kStats;  // veda mode: kMean or kStats
+  // Veda mode, optional: the layers the profile covers use its per-head tile shapes, its split of
+  // `density` and its fitted estimators (GpuSelector kEstimator); the others use the fields above.
+  std::shared_ptr<const Profile> profile;
+  // Optional: self-attention inputs of `capture_layers` (q, k, v f32 [B, H, N, D], post-norm and
+  // post-RoPE, from the bf16 device values). Each capture copies to the host (synchronises).
+  AttentionCaptureFn capture;
+  std::vector<int> capture_layers;
   // Record CUDA events around every part of the forward (adds a little launch overhead) and fill
   // WanCudaTimings' per-part fields; the total is always measured.
   bool time_parts = true;
@@ -72,5 +81,11 @@ class WanCudaModel {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The sampling loop's model (veda/sampler.hpp) on the GPU: forwards with `options`, with dense
+// self-attention on the loop's dense passes and its captures. Adds every forward's per-part
+// device times (CUDA events, in seconds) to `timings` when set. `model` must outlive the function.
+FlowModelFn cuda_flow_model(WanCudaModel& model, WanCudaOptions options,
+                            ForwardTimings* timings = nullptr);
 
 }  // namespace veda

@@ -55,6 +55,26 @@ class FlowSampler {
 // platform and standard library.
 void fill_standard_normal(float* data, int64_t n, uint64_t seed);
 
+// What the sampling loop asks of one forward pass besides its inputs.
+struct FlowPass {
+  int step = 0;
+  bool dense = false;  // dense self-attention (the dense warm-up steps)
+  // Non-null: self-attention inputs of `capture_layers`, every batch item (veda/dit.hpp).
+  AttentionCaptureFn capture;
+  std::vector<int> capture_layers;
+};
+
+// The model as the sampling loop sees it: the flow prediction f32 [B, out_channels, F, H, W] for
+// x f32 [B, in_channels, F, H, W], B timesteps and text f32 [B, L, text_dim]. The CPU model:
+// cpu_flow_model below; the GPU model: cuda_flow_model (veda/dit_cuda.hpp).
+using FlowModelFn =
+    std::function<Result<Tensor>(const Tensor& x, const std::vector<float>& timesteps,
+                                 const Tensor& text, const FlowPass& pass)>;
+
+// WanModel::forward with `forward` (timings accumulate into forward.timings when set). `model`
+// must outlive the function.
+FlowModelFn cpu_flow_model(const WanModel& model, ForwardOptions forward);
+
 struct GenerateOptions {
   int frames = 16, height = 64, width = 112;  // model input size (pixels or latents)
   int steps = 20;
@@ -62,7 +82,9 @@ struct GenerateOptions {
   double guidance = 5.0;  // <= 1: no classifier-free guidance (one pass per step)
   double shift = 3.0;
   SamplerKind sampler = SamplerKind::kUniPC;
-  ForwardOptions forward;  // attention mode; timings accumulate here when set
+  // The CPU model's attention options (generate(const WanModel&, ...)); timings accumulate into
+  // forward.timings when set.
+  ForwardOptions forward;
   // The first steps run with dense self-attention even in Veda mode: they lay out the video and
   // are the most sensitive to approximation.
   int dense_warmup_steps = 0;
@@ -80,7 +102,12 @@ struct GenerateOptions {
 };
 
 // Samples a video from prompt embeddings [L, text_dim] (and unconditional embeddings of the same
-// shape for guidance). Returns the final x0 sample f32 [1, C, F, H, W].
+// shape for guidance) with `model` of `config` on any device; options.forward is not used here.
+// Returns the final x0 sample f32 [1, C, F, H, W].
+Result<Tensor> generate(const WanConfig& config, const FlowModelFn& model,
+                        const Tensor& prompt_embeds, const Tensor& negative_embeds,
+                        const GenerateOptions& options);
+// The same on the CPU with options.forward.
 Result<Tensor> generate(const WanModel& model, const Tensor& prompt_embeds,
                         const Tensor& negative_embeds, const GenerateOptions& options);
 

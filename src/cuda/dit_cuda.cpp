@@ -344,7 +344,17 @@ Result<DeviceBuffer> zeros(size_t bytes) {
 
 }  // namespace
 
-// Device buffers for one (batch, grid, text length, tile shape, attention mode).
+// The self-attention tiling of the layers that share it: the default (one tile shape, --score)
+// or a profile layer's (per-head shapes, densities, estimator).
+struct AttentionPlan {
+  HeadLayouts layouts;
+  int64_t padded = 0;  // tile order rows per (b, h)
+  int max_tiles = 0, max_k = 0;
+  DeviceBuffer token_slot, tile_valid;
+  GpuSelector selector;  // veda mode
+};
+
+// Device buffers for one (batch, grid, text length, tile shape, attention mode, profile).
 struct ForwardBuffers {
   int64_t batch = 0, text_tokens = 0;
   Grid grid;
@@ -352,20 +362,23 @@ struct ForwardBuffers {
   SelfAttentionMode mode = SelfAttentionMode::kDense;
   double density = 0;
   ScoreMethod score = ScoreMethod::kStats;
+  const Profile* profile = nullptr;
 
-  int64_t tokens = 0, rows = 0, padded = 0;  // padded: self-attention tile order rows per (b, h)
+  int64_t tokens = 0, rows = 0;
   int64_t cross_padded = 0;                  // ceil(tokens / 64) * 64
   bool cross_tiled = false;                  // cross-attention through attention_cuda
   DeviceBuffer x, patches, hidden, norm, q, k, v, attn, proj, ffn;
   DeviceBuffer text_in, text_hidden, context, ctx_k, ctx_v;
   DeviceBuffer sinusoid, time_h, time_hb, temb, temb_act, time_mod, modulation, out_mod;
   DeviceBuffer projected, out;
+  // Tile-order and mask buffers, sized for the largest plan.
   DeviceBuffer q_tiled, k_tiled, v_tiled, o_tiled, q_heads, k_heads, v_heads;
-  DeviceBuffer token_slot, tile_valid, rope, mask_counts, mask_indices;
+  DeviceBuffer rope, mask_counts, mask_indices;
   DeviceBuffer cross_valid, cross_counts, cross_indices;
-  int max_tiles = 0, max_k = 0, cross_tiles = 0, cross_k_tiles = 0;
-  std::unique_ptr<HeadLayouts> layouts;
-  GpuSelector selector;
+  DeviceBuffer capture;  // q, k, v head-major bf16 of a captured layer (allocated on first use)
+  int cross_tiles = 0, cross_k_tiles = 0;
+  std::vector<AttentionPlan> plans;
+  std::vector<int> layer_plan;  // [layer] -> index into plans
 };
 
 struct WanCudaModel::Impl {
@@ -377,7 +390,8 @@ struct WanCudaModel::Impl {
   std::unique_ptr<ForwardBuffers> buffers;
 
   Status prepare(int64_t batch, Grid grid, int64_t text_tokens, const WanCudaOptions& o);
-  Status self_attention(ForwardBuffers& fb, const DevBlock& blk);
+  Status self_attention(ForwardBuffers& fb, const DevBlock& blk, int layer);
+  Status capture(ForwardBuffers& fb, const DevBlock& blk, int layer, const WanCudaOptions& o);
   Status run(const std::vector<float>& timesteps, const WanCudaOptions& o, WanCudaTimings* t);
 };
 
@@ -390,6 +404,33 @@ Status check_config(const WanConfig& c) {
     return unsupported("CUDA DiT: dim, ffn_dim and text_dim must be multiples of 8");
   if (!cuda_device_available()) return Status(ErrorCode::kCudaError, "CUDA DiT: no CUDA device");
   return Status::ok();
+}
+
+// The tiling of `per_head` shapes; with `selection` (veda mode) the selector scoring with `so`.
+Result<AttentionPlan> make_attention_plan(Grid grid, const std::vector<TileShape>& per_head,
+                                          const SelectionConfig* selection,
+                                          const GpuSelectorOptions& so) {
+  AttentionPlan plan;
+  VEDA_ASSIGN_OR_RETURN(plan.layouts, HeadLayouts::make(grid, 0, per_head));
+  const HeadLayouts& lay = plan.layouts;
+  plan.padded = lay.padded_tokens();
+  plan.max_tiles = lay.max_tiles();
+  // token -> slot per head (the inverse of slot_token) and the kernels' valid table.
+  const int64_t tokens = grid.tokens();
+  std::vector<int32_t> token_slot(size_t(lay.heads() * tokens), 0);
+  for (int h = 0; h < lay.heads(); ++h) {
+    const std::vector<int32_t>& slots = lay.head(h).slot_token();
+    for (int64_t s = 0; s < int64_t(slots.size()); ++s)
+      if (slots[s] >= 0) token_slot[size_t(h * tokens + slots[s])] = int32_t(s);
+  }
+  VEDA_ASSIGN_OR_RETURN(plan.token_slot, upload(token_slot.data(), token_slot.size() * 4));
+  VEDA_ASSIGN_OR_RETURN(plan.tile_valid,
+                        upload(lay.valid_table().data(), lay.valid_table().size() * 4));
+  if (selection) {
+    VEDA_ASSIGN_OR_RETURN(plan.selector, GpuSelector::make(lay, *selection, so));
+    plan.max_k = plan.selector.max_k();
+  }
+  return Result<AttentionPlan>(std::move(plan));
 }
 
 }  // namespace
@@ -447,7 +488,7 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   if (cur && cur->batch == batch && cur->grid == grid && cur->text_tokens == text_tokens &&
       cur->shape == o.tile_shape && cur->mode == o.attention &&
       (o.attention == SelfAttentionMode::kDense ||
-       (cur->density == o.density && cur->score == o.score))) {
+       (cur->density == o.density && cur->score == o.score && cur->profile == o.profile.get()))) {
     return Status::ok();
   }
   buffers.reset();  // free the old set first (memory)
@@ -461,17 +502,55 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   fb->mode = o.attention;
   fb->density = o.density;
   fb->score = o.score;
+  fb->profile = o.profile.get();
   fb->tokens = grid.tokens();
   fb->rows = batch * fb->tokens;
   const int64_t rows = fb->rows, L = text_tokens;
   fb->cross_padded = (fb->tokens + 63) / 64 * 64;
   fb->cross_tiled = L % 64 == 0 && fb->tokens >= L;
 
-  VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, 0, int(H), o.tile_shape));
-  fb->layouts = std::make_unique<HeadLayouts>(std::move(layouts));
-  const HeadLayouts& lay = *fb->layouts;
-  fb->padded = lay.padded_tokens();
-  fb->max_tiles = lay.max_tiles();
+  // Self-attention plans: the default for every layer, then one per profile layer (veda mode).
+  const bool veda = o.attention == SelfAttentionMode::kVeda;
+  GpuSelectorOptions so;
+  so.scale = 1.0f / std::sqrt(float(D));
+  so.check_numerics = false;
+  SelectionConfig sel;
+  sel.density = o.density;
+  if (veda) {
+    if (o.score != ScoreMethod::kStats && o.score != ScoreMethod::kMean)
+      return unsupported("CUDA DiT: veda mode scores with 'stats' or 'mean' only");
+    so.method = o.score == ScoreMethod::kMean ? GpuScoreMethod::kMean : GpuScoreMethod::kStats;
+  }
+  VEDA_ASSIGN_OR_RETURN(AttentionPlan base,
+                        make_attention_plan(grid, std::vector<TileShape>(size_t(H), o.tile_shape),
+                                            veda ? &sel : nullptr, so));
+  fb->plans.push_back(std::move(base));
+  fb->layer_plan.assign(size_t(layers), 0);
+  if (veda && o.profile) {
+    for (const LayerProfile& lp : o.profile->layers) {
+      if (lp.layer < 0 || lp.layer >= layers) continue;  // e.g. captures without a layer
+      VEDA_ASSIGN_OR_RETURN(const LayerProfile* checked, o.profile->layer_for(lp.layer, int(H)));
+      SelectionConfig layer_sel;
+      GpuSelectorOptions layer_so =
+          gpu_selector_options_from_profile(*o.profile, *checked, o.density, so.scale, &layer_sel);
+      layer_so.check_numerics = false;
+      std::vector<TileShape> shapes;
+      for (const HeadProfile& h : checked->heads) shapes.push_back(h.tile);
+      Result<AttentionPlan> plan = make_attention_plan(grid, shapes, &layer_sel, layer_so);
+      if (!plan.is_ok()) {
+        return Status(plan.status().code(),
+                      fmt::format("profile layer {}: {}", lp.layer, plan.status().message()));
+      }
+      fb->layer_plan[size_t(lp.layer)] = int(fb->plans.size());
+      fb->plans.push_back(std::move(plan).value());
+    }
+  }
+  int64_t padded = 0, mask_rows = 0, mask_width = 1;
+  for (const AttentionPlan& plan : fb->plans) {
+    padded = std::max(padded, plan.padded);
+    mask_rows = std::max<int64_t>(mask_rows, plan.max_tiles);
+    mask_width = std::max(mask_width, int64_t(plan.max_k));
+  }
 
   auto alloc = [](DeviceBuffer& b, size_t bytes) -> Status {
     VEDA_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(bytes));
@@ -506,38 +585,16 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   VEDA_RETURN_IF_ERROR(alloc(fb->out_mod, size_t(batch * 2 * dim) * f4));
   VEDA_RETURN_IF_ERROR(alloc(fb->projected, size_t(rows * of) * f4));
   VEDA_RETURN_IF_ERROR(alloc(fb->out, size_t(rows * of) * f4));
-  const size_t tiled_bytes = size_t(batch * H * fb->padded * D) * bf;
+  const size_t tiled_bytes = size_t(batch * H * padded * D) * bf;
   VEDA_ASSIGN_OR_RETURN(fb->q_tiled, zeros(tiled_bytes));
   VEDA_ASSIGN_OR_RETURN(fb->k_tiled, zeros(tiled_bytes));
   VEDA_ASSIGN_OR_RETURN(fb->v_tiled, zeros(tiled_bytes));
   VEDA_ASSIGN_OR_RETURN(fb->o_tiled, zeros(tiled_bytes));
-
-  // token -> slot per head (the inverse of slot_token), the kernels' valid table, RoPE.
-  std::vector<int32_t> token_slot(size_t(H * fb->tokens), 0);
-  for (int h = 0; h < H; ++h) {
-    const std::vector<int32_t>& slots = lay.head(h).slot_token();
-    for (int64_t s = 0; s < int64_t(slots.size()); ++s)
-      if (slots[s] >= 0) token_slot[size_t(h * fb->tokens + slots[s])] = int32_t(s);
-  }
-  VEDA_ASSIGN_OR_RETURN(fb->token_slot, upload(token_slot.data(), token_slot.size() * 4));
-  VEDA_ASSIGN_OR_RETURN(fb->tile_valid, upload(lay.valid_table().data(), lay.valid_table().size() * 4));
   const std::vector<float> rope = rope_table(grid, int(D));
   VEDA_ASSIGN_OR_RETURN(fb->rope, upload(rope.data(), rope.size() * 4));
-
-  if (o.attention == SelfAttentionMode::kVeda) {
-    if (o.score != ScoreMethod::kStats && o.score != ScoreMethod::kMean)
-      return unsupported("CUDA DiT: veda mode scores with 'stats' or 'mean' only");
-    SelectionConfig sel;
-    sel.density = o.density;
-    GpuSelectorOptions so;
-    so.method = o.score == ScoreMethod::kMean ? GpuScoreMethod::kMean : GpuScoreMethod::kStats;
-    so.scale = 1.0f / std::sqrt(float(D));
-    so.check_numerics = false;
-    VEDA_ASSIGN_OR_RETURN(fb->selector, GpuSelector::make(lay, sel, so));
-    fb->max_k = fb->selector.max_k();
-    VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * fb->max_tiles) * 4));
-    VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices,
-                               size_t(batch * H * fb->max_tiles * std::max(1, fb->max_k)) * 4));
+  if (veda) {
+    VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
+    VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->q_heads, size_t(rows * dim) * bf));
     VEDA_RETURN_IF_ERROR(alloc(fb->k_heads, size_t(rows * dim) * bf));
     VEDA_RETURN_IF_ERROR(alloc(fb->v_heads, size_t(rows * dim) * bf));
@@ -564,8 +621,9 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   return Status::ok();
 }
 
-Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& blk) {
+Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& blk, int layer) {
   const WanConfig& c = config;
+  AttentionPlan& plan = fb.plans[size_t(fb.layer_plan[size_t(layer)])];
   const int H = c.num_heads, D = c.head_dim;
   const bool veda = fb.mode == SelfAttentionMode::kVeda;
   const float* rope = fb.rope.as<float>();
@@ -575,8 +633,8 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   void* qd = veda ? fb.q_heads.data() : fb.q_tiled.data();
   void* kd = veda ? fb.k_heads.data() : fb.k_tiled.data();
   void* vd = veda ? fb.v_heads.data() : fb.v_tiled.data();
-  const int32_t* slot = veda ? nullptr : fb.token_slot.as<int32_t>();
-  const int64_t dst_rows = veda ? fb.tokens : fb.padded;
+  const int32_t* slot = veda ? nullptr : plan.token_slot.as<int32_t>();
+  const int64_t dst_rows = veda ? fb.tokens : plan.padded;
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
   VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), qd, fb.batch, fb.tokens, H, D, true, c.eps,
                                     blk.attn1.norm_q.as<float>(), rope2, slot, dst_rows, nullptr));
@@ -586,12 +644,11 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
                                     nullptr, nullptr, slot, dst_rows, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
-    VEDA_RETURN_IF_ERROR(fb.selector.select(fb.q_heads.data(), fb.k_heads.data(), DType::kBF16,
-                                            int(fb.batch), D, fb.q_tiled.data(), fb.k_tiled.data(),
-                                            fb.mask_counts.as<int32_t>(),
-                                            fb.mask_indices.as<int32_t>(), nullptr));
-    VEDA_RETURN_IF_ERROR(fb.selector.gather(fb.v_heads.data(), DType::kBF16, int(fb.batch), D,
-                                            fb.v_tiled.data(), nullptr));
+    VEDA_RETURN_IF_ERROR(plan.selector.select(
+        fb.q_heads.data(), fb.k_heads.data(), DType::kBF16, int(fb.batch), D, fb.q_tiled.data(),
+        fb.k_tiled.data(), fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr));
+    VEDA_RETURN_IF_ERROR(plan.selector.gather(fb.v_heads.data(), DType::kBF16, int(fb.batch), D,
+                                              fb.v_tiled.data(), nullptr));
   }
   AttentionParams p;
   p.q = fb.q_tiled.data();
@@ -601,25 +658,51 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   p.dtype = DType::kBF16;
   p.batch = fb.batch;
   p.heads = H;
-  p.tokens = fb.padded;
+  p.tokens = plan.padded;
   p.head_dim = D;
-  const int64_t hs = fb.padded * D, bs = H * hs;
+  const int64_t hs = plan.padded * D, bs = H * hs;
   p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = bs;
   p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = hs;
   p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = D;
-  p.tile_size = fb.layouts->volume();
-  p.num_tiles = fb.max_tiles;
-  p.tile_valid = fb.tile_valid.as<int32_t>();
+  p.tile_size = plan.layouts.volume();
+  p.num_tiles = plan.max_tiles;
+  p.tile_valid = plan.tile_valid.as<int32_t>();
   if (veda) {
     p.mask_counts = fb.mask_counts.as<int32_t>();
     p.mask_indices = fb.mask_indices.as<int32_t>();
-    p.max_k = fb.max_k;
+    p.max_k = plan.max_k;
   }
   p.softmax_scale = 1.0f / std::sqrt(float(D));
   VEDA_RETURN_IF_ERROR(attention_cuda(p, nullptr));
   VEDA_CUDA_CHECK(dit_cuda::heads_to_rows(fb.o_tiled.data(), fb.attn.data(), fb.batch, fb.tokens, H,
-                                         D, fb.token_slot.as<int32_t>(), fb.padded, nullptr));
+                                          D, plan.token_slot.as<int32_t>(), plan.padded, nullptr));
   return Status::ok();
+}
+
+Status WanCudaModel::Impl::capture(ForwardBuffers& fb, const DevBlock& blk, int layer,
+                                   const WanCudaOptions& o) {
+  const WanConfig& c = config;
+  const int H = c.num_heads, D = c.head_dim;
+  const int64_t n = fb.rows * c.dim();
+  if (!fb.capture.data()) {
+    VEDA_ASSIGN_OR_RETURN(fb.capture, DeviceBuffer::allocate(size_t(3 * n) * 2));
+  }
+  const auto* rope = reinterpret_cast<const float2*>(fb.rope.as<float>());
+  const void* src[3] = {fb.q.data(), fb.k.data(), fb.v.data()};
+  const float* norm[3] = {blk.attn1.norm_q.as<float>(), blk.attn1.norm_k.as<float>(), nullptr};
+  Tensor qkv[3];
+  std::vector<uint16_t> host(static_cast<size_t>(n));
+  for (int i = 0; i < 3; ++i) {
+    // The self-attention path's norm + RoPE, to head-major token order [B, H, N, D].
+    void* dst = fb.capture.as<uint16_t>() + i * n;
+    VEDA_CUDA_CHECK(dit_cuda::rms_rope(src[i], dst, fb.batch, fb.tokens, H, D, i < 2, c.eps,
+                                       norm[i], i < 2 ? rope : nullptr, nullptr, fb.tokens,
+                                       nullptr));
+    VEDA_RETURN_IF_ERROR(copy_to_host(host.data(), dst, host.size() * 2));
+    qkv[i] = Tensor::empty(DType::kF32, {fb.batch, H, fb.tokens, D});
+    convert_to_f32(host.data(), DType::kBF16, qkv[i].data_as<float>(), host.size());
+  }
+  return o.capture(layer, qkv[0], qkv[1], qkv[2], fb.grid);
 }
 
 Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCudaOptions& o,
@@ -682,7 +765,12 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn1.q, fb.norm.data(), rows, fb.q.data(), nullptr));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn1.k, fb.norm.data(), rows, fb.k.data(), nullptr));
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn1.v, fb.norm.data(), rows, fb.v.data(), nullptr));
-    Status st = self_attention(fb, blk);
+    if (o.capture && std::find(o.capture_layers.begin(), o.capture_layers.end(), layer) !=
+                         o.capture_layers.end()) {
+      VEDA_RETURN_IF_ERROR(timer.mark(kOther));
+      VEDA_RETURN_IF_ERROR(capture(fb, blk, layer, o));
+    }
+    Status st = self_attention(fb, blk, layer);
     if (!st.is_ok())
       return Status(st.code(), fmt::format("layer {} self-attention: {}", layer, st.message()));
     VEDA_RETURN_IF_ERROR(timer.mark(kGemm));
@@ -829,6 +917,28 @@ Result<Tensor> WanCudaModel::forward(const Tensor& x, const std::vector<float>& 
   Tensor out = Tensor::empty(DType::kF32, {batch, c.out_channels, x.dim(2), x.dim(3), x.dim(4)});
   VEDA_RETURN_IF_ERROR(copy_to_host(out.data(), fb.out.data(), out.nbytes()));
   return out;
+}
+
+FlowModelFn cuda_flow_model(WanCudaModel& model, WanCudaOptions options, ForwardTimings* timings) {
+  return [&model, options = std::move(options), timings](
+             const Tensor& x, const std::vector<float>& steps, const Tensor& text,
+             const FlowPass& pass) -> Result<Tensor> {
+    WanCudaOptions o = options;
+    if (pass.dense) o.attention = SelfAttentionMode::kDense;
+    o.capture = pass.capture;
+    o.capture_layers = pass.capture_layers;
+    o.time_parts = timings != nullptr;
+    WanCudaTimings t;
+    VEDA_ASSIGN_OR_RETURN(Tensor out, model.forward(x, steps, text, o, &t));
+    if (timings) {  // device time per part (CUDA events), in seconds like the CPU's wall times
+      timings->self_attention += t.self_attention_ms * 1e-3;
+      timings->cross_attention += t.cross_attention_ms * 1e-3;
+      timings->gemm += t.gemm_ms * 1e-3;
+      timings->other += t.other_ms * 1e-3;
+      timings->forward_passes += 1;
+    }
+    return out;
+  };
 }
 
 }  // namespace veda

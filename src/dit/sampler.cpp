@@ -162,9 +162,26 @@ void fill_standard_normal(float* data, int64_t n, uint64_t seed) {
   }
 }
 
+FlowModelFn cpu_flow_model(const WanModel& model, ForwardOptions forward) {
+  return [&model, forward = std::move(forward)](const Tensor& x, const std::vector<float>& steps,
+                                                const Tensor& text, const FlowPass& pass) {
+    ForwardOptions o = forward;
+    if (pass.dense) o.attention = SelfAttentionMode::kDense;
+    o.capture = pass.capture;
+    o.capture_layers = pass.capture_layers;
+    return model.forward(x, steps, text, o);
+  };
+}
+
 Result<Tensor> generate(const WanModel& model, const Tensor& prompt_embeds,
                         const Tensor& negative_embeds, const GenerateOptions& options) {
-  const WanConfig& c = model.config();
+  return generate(model.config(), cpu_flow_model(model, options.forward), prompt_embeds,
+                  negative_embeds, options);
+}
+
+Result<Tensor> generate(const WanConfig& c, const FlowModelFn& model, const Tensor& prompt_embeds,
+                        const Tensor& negative_embeds, const GenerateOptions& options) {
+  if (!model) return invalid_argument("generate: no model");
   if (prompt_embeds.rank() != 2 || prompt_embeds.dim(1) != c.text_dim) {
     return invalid_argument(fmt::format("prompt embeddings must be [L, {}], got {}", c.text_dim,
                                         shape_to_string(prompt_embeds.shape())));
@@ -214,16 +231,17 @@ Result<Tensor> generate(const WanModel& model, const Tensor& prompt_embeds,
     for (int64_t b = 0; b < batch; ++b) {
       std::memcpy(model_in.data_as<float>() + b * n, sample.data(), sample.nbytes());
     }
-    ForwardOptions forward = options.forward;
-    if (step < options.dense_warmup_steps) forward.attention = SelfAttentionMode::kDense;
+    FlowPass pass;
+    pass.step = step;
+    pass.dense = step < options.dense_warmup_steps;
     const bool capture_now =
         options.capture && std::find(options.capture_steps.begin(), options.capture_steps.end(),
                                      step) != options.capture_steps.end();
     if (capture_now) {
-      forward.capture_layers = options.capture_layers;
+      pass.capture_layers = options.capture_layers;
       // Keep the conditional batch item only: [B, H, N, D] -> [1, H, N, D].
-      forward.capture = [&, step](int layer, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  Grid grid) -> Status {
+      pass.capture = [&, step](int layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                               Grid grid) -> Status {
         auto first = [](const Tensor& t) {
           Shape s = t.shape();
           s[0] = 1;
@@ -233,14 +251,17 @@ Result<Tensor> generate(const WanModel& model, const Tensor& prompt_embeds,
         };
         return options.capture(step, layer, first(q), first(k), first(v), grid);
       };
-    } else {
-      forward.capture = nullptr;
     }
     std::vector<float> timesteps(size_t(batch), schedule.timesteps[step]);
-    Result<Tensor> out = model.forward(model_in, timesteps, text, forward);
+    Result<Tensor> out = model(model_in, timesteps, text, pass);
     if (!out.is_ok()) {
       return Status(out.status().code(),
                     fmt::format("step {}: {}", step, out.status().message()));
+    }
+    if (out->dtype() != DType::kF32 || out->shape() != model_in.shape()) {
+      return invalid_argument(fmt::format(
+          "step {}: the model returned {} {}, expected f32 {}", step, dtype_name(out->dtype()),
+          shape_to_string(out->shape()), shape_to_string(model_in.shape())));
     }
     const float* pred = out->data_as<float>();
     if (guided) {

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -99,6 +100,22 @@ TEST(Cli, BadArgumentsAreRejected) {
     CommandResult r = run_veda(args);
     EXPECT_NE(r.exit_code, 0) << args;
     EXPECT_FALSE(r.err.empty()) << args;
+  }
+}
+
+// Refused before a model is loaded or a device is touched, so this runs with or without a GPU.
+TEST(Cli, GenerateOnCudaRefusesCpuOnlyOptions) {
+  const std::string model = VEDA_SHARED_DIR "/data/tiny-wan";
+  if (!std::filesystem::exists(model + "/config.json")) GTEST_SKIP() << model << " missing";
+  const std::string base = "generate --model " + model + " --prompt-index 1 --steps 2 -o " +
+                           veda::test::temp_dir() + "/gen";
+  for (const std::string& extra :
+       {std::string("--device tpu"), std::string("--device cuda --attention veda --score oracle"),
+        std::string("--device cuda --attention veda --select mass")}) {
+    CommandResult r = run_veda(base + " " + extra);
+    EXPECT_EQ(r.exit_code, 1) << extra;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << extra << ": " << r.err;
+    EXPECT_NE(r.err.find("--device"), std::string::npos) << r.err;
   }
 }
 

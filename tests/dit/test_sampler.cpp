@@ -146,5 +146,52 @@ TEST(Generate, GuidedSamplingWithCapture) {
             ErrorCode::kInvalidArgument);
 }
 
+// The loop drives any model through FlowModelFn (the GPU one too): a zero velocity leaves the
+// Euler sample at the seed's noise; warm-up passes are dense; guidance batches B = 2.
+TEST(Generate, LoopDrivesAnyFlowModel) {
+  WanConfig config;
+  config.in_channels = config.out_channels = 3;
+  config.text_dim = 8;
+  GenerateOptions options;
+  options.frames = 2, options.height = 4, options.width = 6;
+  options.steps = 4;
+  options.seed = 9;
+  options.guidance = 3.0;
+  options.sampler = SamplerKind::kEuler;
+  options.dense_warmup_steps = 2;
+  std::vector<FlowPass> passes;
+  const FlowModelFn zero = [&](const Tensor& x, const std::vector<float>& timesteps,
+                               const Tensor& text, const FlowPass& pass) -> Result<Tensor> {
+    EXPECT_EQ(x.dim(0), 2);
+    EXPECT_EQ(timesteps.size(), 2u);
+    EXPECT_EQ(text.shape(), (Shape{2, 5, 8}));
+    passes.push_back(pass);
+    return Tensor::zeros(DType::kF32, x.shape());
+  };
+  const Tensor prompt = test::random_tensor(DType::kF32, {5, 8}, 1);
+  const Tensor negative = Tensor::zeros(DType::kF32, {5, 8});
+  Result<Tensor> sample = generate(config, zero, prompt, negative, options);
+  ASSERT_TRUE(sample.is_ok()) << sample.status().to_string();
+  std::vector<float> noise(size_t(sample->numel()));
+  fill_standard_normal(noise.data(), sample->numel(), 9);
+  EXPECT_EQ(std::vector<float>(sample->data_as<float>(), sample->data_as<float>() + noise.size()),
+            noise);
+  ASSERT_EQ(passes.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(passes[i].step, i);
+    EXPECT_EQ(passes[i].dense, i < 2);
+    EXPECT_FALSE(passes[i].capture);
+  }
+  // A model returning the wrong shape, and no model, are errors, not crashes.
+  const FlowModelFn wrong = [](const Tensor&, const std::vector<float>&, const Tensor&,
+                               const FlowPass&) -> Result<Tensor> {
+    return Tensor::zeros(DType::kF32, {1, 3, 2, 4, 6});
+  };
+  EXPECT_EQ(generate(config, wrong, prompt, negative, options).status().code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(generate(config, FlowModelFn(), prompt, negative, options).status().code(),
+            ErrorCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace veda

@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 
 struct CaptureArgs {
   std::string model, output;
+  std::string device = "cpu";
   std::vector<int> layers{1, 3, 6};
   std::vector<int> capture_steps{5, 15};
   PromptArgs prompt;
@@ -26,8 +27,10 @@ struct CaptureArgs {
 };
 
 Status run_capture(const CaptureArgs& args) {
-  VEDA_ASSIGN_OR_RETURN(WanModel model, WanModel::load(args.model));
-  const WanConfig& config = model.config();
+  // Dense attention (the default AttentionArgs): captures are calibration data.
+  VEDA_ASSIGN_OR_RETURN(SamplingModel model,
+                        load_sampling_model(args.model, args.device, AttentionArgs(), nullptr));
+  const WanConfig& config = model.config;
   for (int layer : args.layers) {
     if (layer < 0 || layer >= config.num_layers) {
       return invalid_argument(fmt::format("--layers: {} is not in [0, {})", layer,
@@ -61,8 +64,9 @@ Status run_capture(const CaptureArgs& args) {
     capture.prefix_tokens = 0;
     capture.layer = layer;
     capture.step = step;
-    capture.source = fmt::format("veda capture: {} {}, seed {}, {} steps, conditional branch",
-                                 args.model, args.prompt.describe(), options.seed, options.steps);
+    capture.source =
+        fmt::format("veda capture ({}): {} {}, seed {}, {} steps, conditional branch", model.device,
+                    args.model, args.prompt.describe(), options.seed, options.steps);
     const std::string path = fmt::format("{}/{}_s{}_l{}_t{}.safetensors", args.output, prompt_tag,
                                          options.seed, layer, step);
     VEDA_RETURN_IF_ERROR(save_capture(path, capture));
@@ -77,7 +81,8 @@ Status run_capture(const CaptureArgs& args) {
   // Stop sampling after the last captured step: later steps add nothing to the captures.
   options.stop_after_step =
       *std::max_element(args.capture_steps.begin(), args.capture_steps.end());
-  VEDA_ASSIGN_OR_RETURN(Tensor sample, generate(model, embeds.first, embeds.second, options));
+  VEDA_ASSIGN_OR_RETURN(Tensor sample,
+                        generate(config, model.forward, embeds.first, embeds.second, options));
   (void)sample;
   fmt::print("wrote {} captures to {}\n", written, args.output);
   return Status::ok();
@@ -89,6 +94,8 @@ const bool kRegistered = register_command(
        auto args = std::make_shared<CaptureArgs>();
        sub.add_option("--model", args->model, "Model directory")->required();
        sub.add_option("-o,--output", args->output, "Output directory")->required();
+       sub.add_option("--device", args->device, "cpu or cuda (q, k, v from the bf16 GPU forward)")
+           ->capture_default_str();
        sub.add_option("--layers", args->layers, "Layers to capture, e.g. 1,3,6")->delimiter(',');
        sub.add_option("--steps", args->capture_steps, "Steps (0-based) to capture, e.g. 5,15")
            ->delimiter(',');

@@ -58,21 +58,8 @@ struct ForwardInput {
 // --device cuda: the bf16 CUDA forward (veda/dit_cuda.hpp).
 Status run_forward_cuda(const ForwardArgs& args) {
 #ifdef VEDA_HAS_CUDA
-  if (!args.attention.profile.empty()) {
-    return unsupported("--device cuda: --profile is not supported yet (use --tile-shape, "
-                       "--density, --score stats|mean)");
-  }
-  if (args.attention.select != "topk") {
-    return unsupported("--device cuda: only --select topk runs on the GPU");
-  }
   VEDA_ASSIGN_OR_RETURN(WanConfig config, WanConfig::from_file(args.model + "/config.json"));
-  VEDA_ASSIGN_OR_RETURN(ForwardOptions cpu_options,
-                        args.attention.to_options(config.num_layers, config.num_heads));
-  WanCudaOptions options;
-  options.attention = cpu_options.attention;
-  options.density = cpu_options.sparse.selection.density;
-  options.tile_shape = cpu_options.sparse.tile_shape;
-  options.score = cpu_options.sparse.score;
+  VEDA_ASSIGN_OR_RETURN(WanCudaOptions options, args.attention.to_cuda_options(config));
   VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
   VEDA_ASSIGN_OR_RETURN(WanCudaModel model, WanCudaModel::load(config, args.model));
   VEDA_ASSIGN_OR_RETURN(SafetensorsFile input, SafetensorsFile::open(args.input));

@@ -35,18 +35,13 @@ Result<VideoFrames> load_output_video(const std::string& dir) {
 }
 
 Status run_generate(const GenerateArgs& args) {
-  if (args.device != "cpu") {
-    return unsupported(fmt::format("--device {}: generation runs on the CPU only so far",
-                                   args.device));
-  }
-  VEDA_ASSIGN_OR_RETURN(WanModel model, WanModel::load(args.model));
-  const WanConfig& config = model.config();
+  ForwardTimings timings;
+  VEDA_ASSIGN_OR_RETURN(SamplingModel model,
+                        load_sampling_model(args.model, args.device, args.attention, &timings));
+  const WanConfig& config = model.config;
   VEDA_ASSIGN_OR_RETURN(auto embeds, args.prompt.load(args.model, config));
   VEDA_ASSIGN_OR_RETURN(GenerateOptions options, args.sampling.to_options());
-  VEDA_ASSIGN_OR_RETURN(options.forward,
-                        args.attention.to_options(config.num_layers, config.num_heads));
-  ForwardTimings timings;
-  options.forward.timings = &timings;
+  const bool veda = args.attention.mode == "veda";
   const auto start = std::chrono::steady_clock::now();
   options.on_step = [&](int step, int steps, double seconds) {
     const double elapsed =
@@ -54,16 +49,18 @@ Status run_generate(const GenerateArgs& args) {
     print_progress(step, steps, seconds, elapsed);
   };
 
-  fmt::print("generate: {} frames {}x{}, {} steps ({}), seed {}, guidance {}, shift {}, {} "
-             "attention{}\n",
-             options.frames, options.height, options.width, options.steps,
-             sampler_kind_name(options.sampler), options.seed, options.guidance, options.shift,
-             self_attention_mode_name(options.forward.attention),
-             options.forward.attention == SelfAttentionMode::kVeda
-                 ? fmt::format(" at density {}", args.attention.density)
-                 : std::string());
+  fmt::print(
+      "generate on {}: {} frames {}x{}, {} steps ({}), seed {}, guidance {}, shift {}, {} "
+      "attention{}{}\n",
+      model.device, options.frames, options.height, options.width, options.steps,
+      sampler_kind_name(options.sampler), options.seed, options.guidance, options.shift,
+      args.attention.mode,
+      veda ? fmt::format(" at density {}", args.attention.density) : std::string(),
+      veda && !args.attention.profile.empty() ? fmt::format(", profile {}", args.attention.profile)
+                                              : std::string());
   std::fflush(stdout);  // before the progress bar on stderr
-  VEDA_ASSIGN_OR_RETURN(Tensor sample, generate(model, embeds.first, embeds.second, options));
+  VEDA_ASSIGN_OR_RETURN(Tensor sample,
+                        generate(config, model.forward, embeds.first, embeds.second, options));
   const double total =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -77,8 +74,10 @@ Status run_generate(const GenerateArgs& args) {
       {"sampler", sampler_kind_name(options.sampler)},
       {"guidance", fmt::format("{}", options.guidance)},
       {"shift", fmt::format("{}", options.shift)},
-      {"attention", self_attention_mode_name(options.forward.attention)},
+      {"attention", args.attention.mode},
       {"density", fmt::format("{}", args.attention.density)},
+      {"profile", args.attention.profile},
+      {"device", model.device},
       {"dense_steps", std::to_string(options.dense_warmup_steps)},
   };
   const bool pixel_space = config.in_channels == 3 && config.out_channels == 3;
@@ -99,7 +98,7 @@ Status run_generate(const GenerateArgs& args) {
   }
 
   fmt::print("total {:.2f} s, {:.2f} s/step\n", total, total / options.steps);
-  print_timing_breakdown(timings);
+  print_timing_breakdown(timings, model.clock);
 
   nlohmann::json report = {{"model", args.model},
                            {"frames", options.frames},
@@ -110,7 +109,10 @@ Status run_generate(const GenerateArgs& args) {
                            {"seconds_cross_attention", timings.cross_attention},
                            {"seconds_gemm", timings.gemm},
                            {"seconds_other", timings.other},
-                           {"mean_selected_density", timings.mean_selected_density()}};
+                           {"timing_clock", model.clock}};
+  // Known only where the masks reach the host (the CPU path); absent rather than a false 0.
+  if (timings.sparse_attention_calls > 0)
+    report["mean_selected_density"] = timings.mean_selected_density();
   for (const auto& [key, value] : metadata) report[key] = value;
 
   if (!args.compare_to.empty()) {
@@ -135,7 +137,8 @@ const bool kRegistered = register_command(
        sub.add_option("--model", args->model, "Model directory (config.json + safetensors)")
            ->required();
        sub.add_option("-o,--output", args->output, "Output directory")->required();
-       sub.add_option("--device", args->device, "cpu");
+       sub.add_option("--device", args->device, "cpu or cuda (bf16 forward on the GPU)")
+           ->capture_default_str();
        sub.add_option("--fps", args->fps, "GIF frame rate");
        sub.add_option("--compare-to", args->compare_to,
                       "Output directory of another run (e.g. dense, same seed): print PSNR/SSIM");

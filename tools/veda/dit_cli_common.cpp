@@ -6,9 +6,11 @@
 #include <cstring>
 #include <filesystem>
 
-#include "veda/estimator.hpp"
 #include "veda/profile.hpp"
 #include "veda/safetensors.hpp"
+#ifdef VEDA_HAS_CUDA
+#include "veda/cuda.hpp"
+#endif
 
 namespace veda::cli {
 
@@ -24,7 +26,8 @@ void AttentionArgs::add_to(CLI::App& sub) {
                  "the layers it covers");
 }
 
-Result<ForwardOptions> AttentionArgs::to_options(int num_layers, int heads) const {
+Result<ForwardOptions> AttentionArgs::to_options(int num_layers, int heads,
+                                                 std::shared_ptr<const Profile>* loaded) const {
   ForwardOptions options;
   VEDA_ASSIGN_OR_RETURN(options.attention, parse_self_attention_mode(mode));
   if (!(density > 0 && density <= 1)) {
@@ -38,33 +41,37 @@ Result<ForwardOptions> AttentionArgs::to_options(int num_layers, int heads) cons
   if (options.attention != SelfAttentionMode::kVeda) {
     return invalid_argument("--profile applies to --attention veda only");
   }
-  VEDA_ASSIGN_OR_RETURN(Profile loaded, load_profile(profile));
-  if (loaded.heads != heads) {
-    return invalid_argument(fmt::format("{}: profile is for {} heads, the model has {}", profile,
-                                        loaded.heads, heads));
-  }
-  auto shared = std::make_shared<Profile>(std::move(loaded));
-  SparseAttentionConfig& sparse = options.sparse;
-  sparse.layer_head_shapes.assign(size_t(num_layers), {});
-  sparse.layer_head_density.assign(size_t(num_layers), {});
-  for (const LayerProfile& layer : shared->layers) {
-    if (layer.layer < 0 || layer.layer >= num_layers) continue;  // e.g. captures without a layer
-    for (const HeadProfile& head : layer.heads) {
-      sparse.layer_head_shapes[layer.layer].push_back(head.tile);
-    }
-    sparse.layer_head_density[layer.layer] = shared->head_densities(layer, density);
-  }
-  // Layers the profile covers are scored by their fitted estimators; others by --score.
-  sparse.scorer = [shared](int layer, const TileStats& q, const TileStats& k,
-                           const HeadLayouts& layouts, float scale) -> Result<Tensor> {
-    const LayerProfile* lp = shared->find_layer(layer);
-    if (lp == nullptr) return Tensor();
-    std::vector<EstimatorParams> params;
-    for (const HeadProfile& head : lp->heads) params.push_back(head.estimator);
-    return score_tiles_estimated(q, k, layouts, scale, params);
-  };
+  VEDA_ASSIGN_OR_RETURN(Profile from_file, load_profile(profile));
+  auto shared = std::make_shared<const Profile>(std::move(from_file));
+  Status st = use_profile(shared, num_layers, heads, density, &options.sparse);
+  if (!st.is_ok()) return Status(st.code(), fmt::format("{}: {}", profile, st.message()));
+  if (loaded) *loaded = shared;
   return options;
 }
+
+#ifdef VEDA_HAS_CUDA
+Result<WanCudaOptions> AttentionArgs::to_cuda_options(const WanConfig& config) const {
+  std::shared_ptr<const Profile> loaded;
+  VEDA_ASSIGN_OR_RETURN(ForwardOptions cpu,
+                        to_options(config.num_layers, config.num_heads, &loaded));
+  if (cpu.attention == SelfAttentionMode::kVeda) {
+    if (cpu.sparse.selection.mode != SelectMode::kTopK)
+      return unsupported("--device cuda: only --select topk runs on the GPU");
+    if (cpu.sparse.score != ScoreMethod::kStats && cpu.sparse.score != ScoreMethod::kMean)
+      return unsupported(
+          fmt::format("--device cuda: --score {} runs on the CPU only (use stats "
+                      "or mean)",
+                      score));
+  }
+  WanCudaOptions options;
+  options.attention = cpu.attention;
+  options.density = cpu.sparse.selection.density;
+  options.tile_shape = cpu.sparse.tile_shape;
+  options.score = cpu.sparse.score;
+  options.profile = loaded;
+  return options;
+}
+#endif
 
 void PromptArgs::add_to(CLI::App& sub) {
   auto* file = sub.add_option("--prompt-embeds", embeds_file,
@@ -170,6 +177,42 @@ Result<GenerateOptions> SamplingArgs::to_options() const {
   return o;
 }
 
+Result<SamplingModel> load_sampling_model(const std::string& model_dir, const std::string& device,
+                                          const AttentionArgs& attention, ForwardTimings* timings) {
+  SamplingModel m;
+  if (device == "cpu") {
+    VEDA_ASSIGN_OR_RETURN(WanModel loaded, WanModel::load(model_dir));
+    m.config = loaded.config();
+    VEDA_ASSIGN_OR_RETURN(ForwardOptions options,
+                          attention.to_options(m.config.num_layers, m.config.num_heads));
+    options.timings = timings;
+    auto model = std::make_shared<const WanModel>(std::move(loaded));
+    m.forward = cpu_flow_model(*model, std::move(options));
+    m.holder = model;
+    m.device = "cpu";
+    m.clock = "wall";
+    return m;
+  }
+  if (device != "cuda") {
+    return invalid_argument(fmt::format("--device {}: expected cpu or cuda", device));
+  }
+#ifdef VEDA_HAS_CUDA
+  VEDA_ASSIGN_OR_RETURN(m.config, WanConfig::from_file(model_dir + "/config.json"));
+  VEDA_ASSIGN_OR_RETURN(WanCudaOptions options, attention.to_cuda_options(m.config));
+  VEDA_ASSIGN_OR_RETURN(m.device, cuda_device_description());
+  VEDA_ASSIGN_OR_RETURN(WanCudaModel loaded, WanCudaModel::load(m.config, model_dir));
+  auto model = std::make_shared<WanCudaModel>(std::move(loaded));
+  m.forward = cuda_flow_model(*model, std::move(options), timings);
+  m.holder = model;
+  m.clock = "GPU, CUDA events";
+  return m;
+#else
+  return unsupported(
+      "--device cuda: this veda was built without CUDA (configure with "
+      "-DVEDA_CUDA=ON where nvcc is available)");
+#endif
+}
+
 void print_progress(int step, int steps, double step_seconds, double elapsed_seconds) {
   constexpr int kWidth = 30;
   const int done = (step + 1) * kWidth / steps;
@@ -180,13 +223,14 @@ void print_progress(int step, int steps, double step_seconds, double elapsed_sec
   std::fflush(stderr);
 }
 
-void print_timing_breakdown(const ForwardTimings& t) {
+void print_timing_breakdown(const ForwardTimings& t, const std::string& clock) {
   const double total = t.total() > 0 ? t.total() : 1;
-  fmt::print("time: self-attention {:.2f} s ({:.0f}%), cross-attention {:.2f} s ({:.0f}%), "
-             "GEMMs {:.2f} s ({:.0f}%), other {:.2f} s ({:.0f}%) over {} forward pass{}\n",
-             t.self_attention, 100 * t.self_attention / total, t.cross_attention,
-             100 * t.cross_attention / total, t.gemm, 100 * t.gemm / total, t.other,
-             100 * t.other / total, t.forward_passes, t.forward_passes == 1 ? "" : "es");
+  fmt::print(
+      "time ({}): self-attention {:.2f} s ({:.0f}%), cross-attention {:.2f} s ({:.0f}%), "
+      "GEMMs {:.2f} s ({:.0f}%), other {:.2f} s ({:.0f}%) over {} forward pass{}\n",
+      clock, t.self_attention, 100 * t.self_attention / total, t.cross_attention,
+      100 * t.cross_attention / total, t.gemm, 100 * t.gemm / total, t.other, 100 * t.other / total,
+      t.forward_passes, t.forward_passes == 1 ? "" : "es");
   if (t.sparse_attention_calls > 0) {
     fmt::print("veda attention: mean selected density {:.3f} over {} calls\n",
                t.mean_selected_density(), t.sparse_attention_calls);

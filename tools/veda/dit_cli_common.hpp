@@ -1,10 +1,15 @@
 // Options and printing shared by the DiT subcommands (forward, generate, capture).
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <string>
 
 #include "veda/dit.hpp"
+#include "veda/profile.hpp"
 #include "veda/sampler.hpp"
+#ifdef VEDA_HAS_CUDA
+#include "veda/dit_cuda.hpp"
+#endif
 
 namespace veda::cli {
 
@@ -18,8 +23,14 @@ struct AttentionArgs {
   std::string profile;  // calibration profile: per-head tile shapes, densities, estimators
 
   void add_to(CLI::App& sub);
-  // `num_layers`/`heads` check the profile against the model.
-  Result<ForwardOptions> to_options(int num_layers, int heads) const;
+  // `num_layers`/`heads` check the profile against the model; `loaded` receives the profile.
+  Result<ForwardOptions> to_options(int num_layers, int heads,
+                                    std::shared_ptr<const Profile>* loaded = nullptr) const;
+#ifdef VEDA_HAS_CUDA
+  // --device cuda: the same settings for WanCudaModel; unsupported for what runs on the CPU only
+  // (--score oracle, --select mass).
+  Result<WanCudaOptions> to_cuda_options(const WanConfig& config) const;
+#endif
 };
 
 // --prompt-embeds FILE | --prompt-index N, --negative-embeds FILE
@@ -49,10 +60,24 @@ struct SamplingArgs {
   Result<GenerateOptions> to_options() const;
 };
 
+// The model a sampling subcommand (generate, capture) runs on --device cpu or cuda.
+struct SamplingModel {
+  WanConfig config;
+  std::string device;   // "cpu", or the GPU's description
+  std::string clock;    // how `timings` are measured, for the printed breakdown
+  FlowModelFn forward;  // refers to the model `holder` keeps alive
+  std::shared_ptr<const void> holder;
+};
+// Loads MODEL_DIR for `device` with the attention settings; forwards add their time per part to
+// `timings` (CPU: wall time; CUDA: device time from CUDA events). One-line errors for device and
+// option combinations that cannot run.
+Result<SamplingModel> load_sampling_model(const std::string& model_dir, const std::string& device,
+                                          const AttentionArgs& attention, ForwardTimings* timings);
+
 // A one-line progress bar on stderr, redrawn per step: [#####.....] 5/10 1.23 s/step ETA 6 s
 void print_progress(int step, int steps, double step_seconds, double elapsed_seconds);
 
-// "self-attention 12.3 s (45%), cross-attention ..., GEMMs ..., other ..."
-void print_timing_breakdown(const ForwardTimings& timings);
+// "time (CLOCK): self-attention 12.3 s (45%), cross-attention ..., GEMMs ..., other ..."
+void print_timing_breakdown(const ForwardTimings& timings, const std::string& clock = "wall");
 
 }  // namespace veda::cli
