@@ -3,9 +3,10 @@
 // Algorithm: as the mma.sync kernel (FlashAttention-2 order, online softmax in registers), but
 // each 64-row query block is one warpgroup (4 warps, warp w owns rows 16w..16w+15) and the two
 // products are warpgroup MMAs: S[64xN] = Q K^T with Q as register A fragments (loaded once,
-// straight from global memory) and K read K-major from shared memory; then O[64xD] += P V with P from registers (the f32 accumulator
-// layout of S, rounded to the input type, is the A-fragment layout) and V read N-major from
-// shared memory (transposed operand), k-steps past the valid keys skipped. QB warpgroups per CTA
+// straight from global memory) and K read K-major from shared memory; then O[64xD] += P V with
+// P from registers (the f32 accumulator layout of S, rounded to the input type, is the A-fragment
+// layout) and V read N-major from shared memory (transposed operand), k-steps past the valid keys
+// skipped. QB warpgroups per CTA
 // share one key list (QB = 2: the halves of a 128-token tile, or neighbouring tiles in dense
 // mode), so each K/V block is loaded once for 128 query rows.
 //
@@ -20,8 +21,9 @@
 // thread fences (fence.proxy.async.shared::cta) after its copies land and before the CTA
 // barrier. Each wgmma batch is committed and waited for (wait_group 0) before its accumulators
 // are read; the stage a prefetch overwrites was last read by wgmmas that completed before the
-// barrier. Overlap comes from 3 CTAs per SM (one's softmax under another's MMAs); there is no
-// producer warp, TMA or mbarrier pipeline yet (docs/perf-notes.md: what that would buy).
+// barrier. Overlap comes from 3 CTAs per SM (one's softmax under another's MMAs). The default
+// Hopper kernel is the warp-specialised one (attention_sm90_ws.cuh, TMA + mbarriers), which
+// shares this file's per-block pieces; this one is its fallback and comparison baseline.
 #pragma once
 #include "attention_common.cuh"
 #include "wgmma_ops.cuh"
