@@ -228,10 +228,7 @@ Status run(const Options& opt) {
     p.q = qt.data(), p.k = kt.data(), p.v = vt.data(), p.o = ot.data();
     p.dtype = dtype;
     p.batch = batch, p.heads = heads, p.tokens = int64_t(padded), p.head_dim = dim;
-    const int64_t hs = int64_t(padded) * dim, bs = hs * heads;
-    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = bs;
-    p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = hs;
-    p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = dim;
+    p.set_contiguous_strides();
     p.tile_size = layouts.volume();
     p.num_tiles = layouts.max_tiles();
     p.tile_valid = valid.as<int32_t>();

@@ -32,6 +32,15 @@ struct AttentionParams {
   const int32_t* mask_indices = nullptr;
   int max_k = 0;
   float softmax_scale = 0;
+
+  // Every stride for contiguous [batch][heads][tokens][head_dim] q, k, v and o (from heads,
+  // tokens and head_dim).
+  void set_contiguous_strides() {
+    const int64_t row = head_dim, head = tokens * row, b = heads * head;
+    q_batch_stride = k_batch_stride = v_batch_stride = o_batch_stride = b;
+    q_head_stride = k_head_stride = v_head_stride = o_head_stride = head;
+    q_row_stride = k_row_stride = v_row_stride = o_row_stride = row;
+  }
 };
 
 // Params for contiguous [B, H, padded, D] tensors of one dtype; `mask` may be null (dense).

@@ -163,10 +163,7 @@ Result<AttentionParams> make_attention_params(const Tensor& q, const Tensor& k, 
   p.heads = q.dim(1);
   p.tokens = q.dim(2);
   p.head_dim = q.dim(3);
-  const int64_t row = p.head_dim, head = p.tokens * row, batch = p.heads * head;
-  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = batch;
-  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = head;
-  p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = row;
+  p.set_contiguous_strides();
   p.tile_size = layouts.volume();
   p.num_tiles = layouts.max_tiles();
   p.tile_valid = layouts.valid_table().data();

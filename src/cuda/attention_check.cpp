@@ -100,10 +100,7 @@ AttentionParams DeviceProblem::params() const {
   a.lse = lse.as<float>();
   a.dtype = dtype;
   a.batch = batch, a.heads = heads, a.tokens = tokens, a.head_dim = head_dim;
-  const int64_t hs = tokens * head_dim, bs = heads * hs;
-  a.q_batch_stride = a.k_batch_stride = a.v_batch_stride = a.o_batch_stride = bs;
-  a.q_head_stride = a.k_head_stride = a.v_head_stride = a.o_head_stride = hs;
-  a.q_row_stride = a.k_row_stride = a.v_row_stride = a.o_row_stride = head_dim;
+  a.set_contiguous_strides();
   a.tile_size = tile_size;
   a.num_tiles = num_tiles;
   a.tile_valid = valid.as<int32_t>();

@@ -24,40 +24,28 @@ cudaError_t launch_kernel(int smem, const FwdParams& f, int batch, cudaStream_t 
   return cudaGetLastError();
 }
 
-template <int D, int QB, class T>
-cudaError_t launch_sm80(const FwdParams& f, int batch, cudaStream_t stream) {
-  return launch_kernel<attention_fwd_sm80_kernel<D, QB, T>, QB>(sm80_smem_bytes<D, QB>(), f, batch,
-                                                                stream);
-}
-
-template <class T>
-cudaError_t launch_sm80_t(const FwdParams& f, int head_dim, int qb, int batch,
-                          cudaStream_t stream) {
-  if (head_dim == 64)
-    return qb == 2 ? launch_sm80<64, 2, T>(f, batch, stream)
-                   : launch_sm80<64, 1, T>(f, batch, stream);
-  if (head_dim == 128)
-    return qb == 2 ? launch_sm80<128, 2, T>(f, batch, stream)
-                   : launch_sm80<128, 1, T>(f, batch, stream);
-  return cudaErrorInvalidValue;
-}
-
-template <int D, int QB, class T>
-cudaError_t launch_sm90(const FwdParams& f, int batch, cudaStream_t stream) {
-  return launch_kernel<attention_fwd_sm90_kernel<D, QB, T>, QB>(sm90_smem_bytes<D, QB>(), f, batch,
-                                                                stream);
-}
-
-template <class T>
-cudaError_t launch_sm90_t(const FwdParams& f, int head_dim, int qb, int batch,
-                          cudaStream_t stream) {
-  if (head_dim == 64)
-    return qb == 2 ? launch_sm90<64, 2, T>(f, batch, stream)
-                   : launch_sm90<64, 1, T>(f, batch, stream);
-  if (head_dim == 128)
-    return qb == 2 ? launch_sm90<128, 2, T>(f, batch, stream)
-                   : launch_sm90<128, 1, T>(f, batch, stream);
-  return cudaErrorInvalidValue;
+// Calls launch(T{}, D, QB) with the element type, head dimension (64 | 128) and 64-row query
+// blocks per CTA (2, else 1) as compile-time values: the one place runtime choices pick an
+// instantiation.
+template <class Launch>
+cudaError_t dispatch(Elem elem, int head_dim, int qb, Launch&& launch) {
+  auto with_dim = [&](auto t) -> cudaError_t {
+    auto with_qb = [&](auto d) -> cudaError_t {
+      return qb == 2 ? launch(t, d, std::integral_constant<int, 2>{})
+                     : launch(t, d, std::integral_constant<int, 1>{});
+    };
+    if (head_dim == 64) return with_qb(std::integral_constant<int, 64>{});
+    if (head_dim == 128) return with_qb(std::integral_constant<int, 128>{});
+    return cudaErrorInvalidValue;
+  };
+  switch (elem) {
+    case Elem::kF16:
+      return with_dim(__half{});
+    case Elem::kBF16:
+      return with_dim(__nv_bfloat16{});
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 // cuTensorMapEncodeTiled from the driver, fetched through the runtime (no libcuda link needed).
@@ -112,13 +100,6 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <class T>
-cudaError_t launch_sm90_ws_t(const FwdParams& f, int head_dim, int batch, cudaStream_t stream) {
-  if (head_dim == 64) return launch_sm90_ws<64, T>(f, batch, stream);
-  if (head_dim == 128) return launch_sm90_ws<128, T>(f, batch, stream);
-  return cudaErrorInvalidValue;
-}
-
 __device__ __forceinline__ uint64_t mix64(uint64_t x) {
   x ^= x >> 30;
   x *= 0xbf58476d1ce4e5b9ull;
@@ -154,14 +135,11 @@ cudaError_t launch_fill(void* dst, size_t n, uint64_t seed, float lo, float hi) 
 
 cudaError_t launch_attention_sm80(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream) {
-  switch (elem) {
-    case Elem::kF16:
-      return launch_sm80_t<__half>(f, head_dim, qb, batch, stream);
-    case Elem::kBF16:
-      return launch_sm80_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return dispatch(elem, head_dim, qb, [&](auto t, auto d, auto q) {
+    constexpr int D = decltype(d)::value, QB = decltype(q)::value;
+    return launch_kernel<attention_fwd_sm80_kernel<D, QB, decltype(t)>, QB>(
+        sm80_smem_bytes<D, QB>(), f, batch, stream);
+  });
 }
 
 bool sm90_kernel_available() {
@@ -181,26 +159,18 @@ bool sm90_kernel_available() {
 
 cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream) {
-  switch (elem) {
-    case Elem::kF16:
-      return launch_sm90_t<__half>(f, head_dim, qb, batch, stream);
-    case Elem::kBF16:
-      return launch_sm90_t<__nv_bfloat16>(f, head_dim, qb, batch, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return dispatch(elem, head_dim, qb, [&](auto t, auto d, auto q) {
+    constexpr int D = decltype(d)::value, QB = decltype(q)::value;
+    return launch_kernel<attention_fwd_sm90_kernel<D, QB, decltype(t)>, QB>(
+        sm90_smem_bytes<D, QB>(), f, batch, stream);
+  });
 }
 
 cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
                                      cudaStream_t stream) {
-  switch (elem) {
-    case Elem::kF16:
-      return launch_sm90_ws_t<__half>(f, head_dim, batch, stream);
-    case Elem::kBF16:
-      return launch_sm90_ws_t<__nv_bfloat16>(f, head_dim, batch, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return dispatch(elem, head_dim, 1, [&](auto t, auto d, auto) {
+    return launch_sm90_ws<decltype(d)::value, decltype(t)>(f, batch, stream);
+  });
 }
 
 cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi) {

@@ -660,10 +660,7 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   p.heads = H;
   p.tokens = plan.padded;
   p.head_dim = D;
-  const int64_t hs = plan.padded * D, bs = H * hs;
-  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = bs;
-  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = hs;
-  p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = D;
+  p.set_contiguous_strides();
   p.tile_size = plan.layouts.volume();
   p.num_tiles = plan.max_tiles;
   p.tile_valid = plan.tile_valid.as<int32_t>();

@@ -80,6 +80,16 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// Valid tokens (0..64) of 64-row block `sub` of a tile that holds `tile_valid` tokens.
+__device__ __forceinline__ int block_valid(int tile_valid, int sub) {
+  return min(max(tile_valid - sub * 64, 0), 64);
+}
+// Valid tokens of 64-row query block `qb` of a head whose tile_valid row is `valid_h`.
+__device__ __forceinline__ int query_block_valid(const FwdParams& p, const int32_t* valid_h,
+                                                 int qb) {
+  return block_valid(__ldg(valid_h + qb / p.subs), qb % p.subs);
+}
+
 // The key block (64 keys) that step `j` of a mask row visits: j / subs-th listed tile, its
 // (j % subs)-th 64-key half. Returns the valid keys in it (0 = nothing to do).
 struct KeyBlock {
@@ -91,8 +101,7 @@ __device__ __forceinline__ KeyBlock key_block_at(const FwdParams& p, const int32
   const int list_pos = p.subs == 1 ? j : j >> 1;
   const int sub = p.subs == 1 ? 0 : (j & 1);
   const int tile = row_indices ? __ldg(row_indices + list_pos) : list_pos;
-  int valid = __ldg(valid_h + tile) - sub * 64;
-  valid = valid < 0 ? 0 : (valid > 64 ? 64 : valid);
+  const int valid = block_valid(__ldg(valid_h + tile), sub);
   return {int64_t(tile) * p.tile_size + sub * 64, valid};
 }
 

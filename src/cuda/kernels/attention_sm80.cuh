@@ -89,10 +89,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
 #pragma unroll
   for (int g = 0; g < QB; ++g) {
     const int qb = first_qb + g;
-    if (qb < p.num_q_blocks) {
-      const int v = __ldg(valid_h + qb / p.subs) - (qb % p.subs) * 64;
-      q_valid[g] = v < 0 ? 0 : (v > 64 ? 64 : v);
-    }
+    if (qb < p.num_q_blocks) q_valid[g] = query_block_valid(p, valid_h, qb);
   }
   const int my_group = warp >> 2;  // which 64-row block this warp's rows are in
   const int my_qb = first_qb + my_group;

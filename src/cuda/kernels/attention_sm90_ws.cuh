@@ -98,10 +98,7 @@ __global__ void __launch_bounds__(288, 1)
   for (int c = 0; c < 2; ++c) {
     const int qb = blockIdx.x * 2 + c;
     q_valid[c] = 0, keys.count[c] = 0, keys.list[c] = nullptr;
-    if (qb < p.num_q_blocks) {
-      const int v = __ldg(valid_h + qb / p.subs) - (qb % p.subs) * 64;
-      q_valid[c] = v < 0 ? 0 : (v > 64 ? 64 : v);
-    }
+    if (qb < p.num_q_blocks) q_valid[c] = query_block_valid(p, valid_h, qb);
     if (q_valid[c] > 0) {
       keys.count[c] = p.num_tiles;
       if (p.mask_counts) {
@@ -124,7 +121,7 @@ __global__ void __launch_bounds__(288, 1)
       for (int sub = 0; sub < p.subs && tile_valid > sub * 64; ++sub) {
         mbar_wait(empty_bar + 8 * stage, phase ^ 1);
         tags[stage] = need;
-        valids[stage] = min(tile_valid - sub * 64, 64);
+        valids[stage] = block_valid(tile_valid, sub);
         const uint32_t bar = full_bar + 8 * stage;
         mbar_arrive_expect_tx(bar, C::kStageBytes);
         const uint32_t dst = ring + stage * C::kStageBytes;
