@@ -372,7 +372,7 @@ struct ForwardBuffers {
   DeviceBuffer sinusoid, time_h, time_hb, temb, temb_act, time_mod, modulation, out_mod;
   DeviceBuffer projected, out;
   // Tile-order and mask buffers, sized for the largest plan.
-  DeviceBuffer q_tiled, k_tiled, v_tiled, o_tiled, q_heads, k_heads, v_heads;
+  DeviceBuffer q_tiled, k_tiled, v_tiled, o_tiled;
   DeviceBuffer rope, mask_counts, mask_indices;
   DeviceBuffer cross_valid, cross_counts, cross_indices;
   DeviceBuffer capture;  // q, k, v head-major bf16 of a captured layer (allocated on first use)
@@ -595,9 +595,6 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   if (veda) {
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
-    VEDA_RETURN_IF_ERROR(alloc(fb->q_heads, size_t(rows * dim) * bf));
-    VEDA_RETURN_IF_ERROR(alloc(fb->k_heads, size_t(rows * dim) * bf));
-    VEDA_RETURN_IF_ERROR(alloc(fb->v_heads, size_t(rows * dim) * bf));
   }
 
   if (fb->cross_tiled) {
@@ -628,27 +625,23 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   const bool veda = fb.mode == SelfAttentionMode::kVeda;
   const float* rope = fb.rope.as<float>();
   const auto* rope2 = reinterpret_cast<const float2*>(rope);
-  // RMSNorm across heads + RoPE, written to tile order (dense) or head-major token order (veda,
-  // where the selector gathers while it computes the tile statistics).
-  void* qd = veda ? fb.q_heads.data() : fb.q_tiled.data();
-  void* kd = veda ? fb.k_heads.data() : fb.k_tiled.data();
-  void* vd = veda ? fb.v_heads.data() : fb.v_tiled.data();
-  const int32_t* slot = veda ? nullptr : plan.token_slot.as<int32_t>();
-  const int64_t dst_rows = veda ? fb.tokens : plan.padded;
+  // RMSNorm across heads + RoPE, written straight to tile order (padding slots stay zero); the
+  // selector reads its tile statistics from there, so no gather pass is needed.
+  const int32_t* slot = plan.token_slot.as<int32_t>();
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), qd, fb.batch, fb.tokens, H, D, true, c.eps,
-                                    blk.attn1.norm_q.as<float>(), rope2, slot, dst_rows, nullptr));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.k.data(), kd, fb.batch, fb.tokens, H, D, true, c.eps,
-                                    blk.attn1.norm_k.as<float>(), rope2, slot, dst_rows, nullptr));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.v.data(), vd, fb.batch, fb.tokens, H, D, false, c.eps,
-                                    nullptr, nullptr, slot, dst_rows, nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q_tiled.data(), fb.batch, fb.tokens, H, D, true,
+                                    c.eps, blk.attn1.norm_q.as<float>(), rope2, slot, plan.padded,
+                                    nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.k.data(), fb.k_tiled.data(), fb.batch, fb.tokens, H, D, true,
+                                    c.eps, blk.attn1.norm_k.as<float>(), rope2, slot, plan.padded,
+                                    nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.v.data(), fb.v_tiled.data(), fb.batch, fb.tokens, H, D,
+                                    false, c.eps, nullptr, nullptr, slot, plan.padded, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
-    VEDA_RETURN_IF_ERROR(plan.selector.select(
-        fb.q_heads.data(), fb.k_heads.data(), DType::kBF16, int(fb.batch), D, fb.q_tiled.data(),
-        fb.k_tiled.data(), fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr));
-    VEDA_RETURN_IF_ERROR(plan.selector.gather(fb.v_heads.data(), DType::kBF16, int(fb.batch), D,
-                                              fb.v_tiled.data(), nullptr));
+    VEDA_RETURN_IF_ERROR(plan.selector.select_tiled(
+        fb.q_tiled.data(), fb.k_tiled.data(), DType::kBF16, int(fb.batch), D,
+        fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr));
   }
   AttentionParams p;
   p.q = fb.q_tiled.data();

@@ -29,7 +29,6 @@ int row_chunks(const GatherStatsParams& p, Elem elem) {
   return p.head_dim * (elem == Elem::kF32 ? 4 : 2) / 16;
 }
 
-constexpr size_t kTopkSmemTarget = 48 * 1024;   // per CTA: 3 rows of 1,440 tiles, 8 of 624
 // A row's shared memory at most (sm_90 gives a CTA 227 KB; on sm_80, 163 KB, rows above that fail
 // to launch with an error).
 constexpr size_t kTopkSmemLimit = 220 * 1024;
@@ -63,17 +62,15 @@ size_t topk_smem_per_row(int max_tiles) {  // values f32, two uint16 lists, hist
 }
 
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream) {
-  const size_t per_row = topk_smem_per_row(p.max_tiles);
-  if (per_row == 0) return cudaErrorInvalidValue;
-  const int warps = int(std::clamp<size_t>(kTopkSmemTarget / per_row, 1, kTopkMaxWarps));
-  const size_t smem = per_row * warps;
+  const size_t smem = topk_smem_per_row(p.max_tiles);
+  if (smem == 0) return cudaErrorInvalidValue;
   if (smem > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
-  const dim3 grid(unsigned((p.max_tiles + warps - 1) / warps), unsigned(p.heads), unsigned(batch));
-  topk_kernel<<<grid, warps * 32, smem, stream>>>(p);
+  const dim3 grid(unsigned(p.max_tiles), unsigned(p.heads), unsigned(batch));
+  topk_kernel<<<grid, kTopkThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -109,19 +109,30 @@ __device__ __forceinline__ void walk_tile(const GatherStatsParams& p, int64_t bh
   uint4* dst = p.x_tiled ? reinterpret_cast<uint4*>(p.x_tiled) +
                                (bh * p.max_tiles + tile) * p.volume * C + chunk
                          : nullptr;
-#pragma unroll 8  // 8 rows' loads in flight a thread: the centre kernel's latency, bandwidth
-  for (int s = 0; s < valid; ++s) {
-    const int64_t r = slots ? int64_t(slots[s]) : first + s;
-    const uint4 c = __ldcs(src + r * C);  // read once: stream past L2
-    if (dst) dst[int64_t(s) * C] = c;
-    if (want_stats) {
-      float f[E];
-      ChunkOps<T>::to_float(c, f);
+  // kRowsInFlight rows loaded before any is used: with the tile-order store in the same loop the
+  // compiler may not hoist a load above a store (they could alias), which left one load in flight.
+  constexpr int kRowsInFlight = 8;
+  for (int s0 = 0; s0 < valid; s0 += kRowsInFlight) {
+    uint4 c[kRowsInFlight];
 #pragma unroll
-      for (int e = 0; e < E; ++e) {
-        sum[e] += f[e];
-        mx[e] = fmaxf(mx[e], f[e]);
-        mn[e] = fminf(mn[e], f[e]);
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int s = min(s0 + u, valid - 1);  // past the end: reload the last row, unused
+      const int64_t r = slots ? int64_t(__ldg(slots + s)) : first + s;
+      c[u] = __ldcs(src + r * C);  // read once: stream past L2
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      if (s0 + u >= valid) break;
+      if (dst) dst[int64_t(s0 + u) * C] = c[u];
+      if (want_stats) {
+        float f[E];
+        ChunkOps<T>::to_float(c[u], f);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          sum[e] += f[e];
+          mx[e] = fmaxf(mx[e], f[e]);
+          mn[e] = fminf(mn[e], f[e]);
+        }
       }
     }
   }

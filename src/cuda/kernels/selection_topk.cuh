@@ -2,12 +2,16 @@
 // The mask is that of the canonical logits (below) for both scoring precisions: the GEMM's logits
 // only place the tiles their error bound can, the rest of each row's boundary is rescored.
 //
-// Algorithm: one warp per (query tile i, head, batch) row, the row in the warp's shared memory.
+// Algorithm: one 64-thread CTA (two warps) per (query tile i, head, batch) row, the row in shared
+// memory: 12.5 KB at 1,440 tiles, 16 rows an SM. (One warp a row left ~18 warps an SM for a chain
+// of dependent phases, 1.1 ms at wan14b-720p; 8 warps a row multiplied the per-warp fixed code by
+// 8, 1.5 ms.) Full-row passes give each thread a contiguous run of tiles, so that one scan keeps
+// the lists in ascending tile order.
 //  1. Finish each logit v: raw GEMM score (FP16x3: times the rows' scales) + key bias (log valid /
-//     prefix bias) + the estimator's distance prior; -inf past the head's tiles. Each lane loads
-//     kTopkLoadBatch strided raw scores before using them (one load at a time left this pass
-//     latency-bound). Forced tiles (prefix, self) are kept and are not candidates. A NaN or +inf
-//     logit of an existing pair marks the row bad (count 0, atomicMin of the row into bad_row).
+//     prefix bias) + the estimator's distance prior; -inf past the head's tiles. Each thread loads
+//     its strided raw scores before using them (one load at a time left this pass latency-bound).
+//     Forced tiles (prefix, self) are kept and are not candidates. A NaN or +inf logit of an
+//     existing pair marks the row bad (count 0, atomicMin of the row into bad_row).
 //  2. take = budget - forced (at most the candidates). A 256-bin histogram over the candidates'
 //     [min, max] (a monotone value -> bin map, so rounding never breaks the order; the bins follow
 //     the values, not their exponent bits, so the shared-memory atomics rarely collide) gives the
@@ -42,21 +46,24 @@
 //    (2^-24 (|q| K_u + B_h)), and the f32 rounding of v -+ 2e in the comparisons.
 // On structured inputs a few tiles a row fall within 2e of tau.
 // Layout: logits [B, H, T, T] f32, counts [B, H, T], indices [B, H, T, max_k]. Shared memory per
-// warp: values [T] f32, two lists [T] uint16, histogram [256] int32. Sync: __syncwarp between the
-// phases of a row; one __syncthreads for the CTA's distance table (all warps share the head).
+// row: values [T] f32, two lists [T] uint16, histogram [256] int32. Sync: __syncthreads between
+// the phases; the two k-th-value searches and the tie walk run in warp 0 (their lists are short).
 #pragma once
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/selection_launch.hpp"
 
 namespace veda::cuda::sel {
 
 inline constexpr int kTopkBins = 256;
-inline constexpr int kTopkMaxWarps = 8;
+inline constexpr int kTopkThreads = 64;  // one CTA a row
+inline constexpr int kTopkWarps = kTopkThreads / 32;
+inline constexpr int kTopkCtasPerSm = 16;  // 64 registers a thread
 inline constexpr unsigned kFullMask = 0xffffffffu;
-inline constexpr int kTopkLoadBatch = 16;  // strided raw scores a lane loads before using them
-inline constexpr int kRescoreTiles = 8;    // tiles a rescoring step (their loads in flight together)
+inline constexpr int kTopkLoadBatch = 4;  // strided raw scores a thread loads before using them
+inline constexpr int kRescoreTiles = 2;  // tiles a warp's rescoring step (more: registers, spills)
 
 // Monotone map float -> uint32 (larger float, larger key); -0 and +0 map alike (they compare
 // equal on the CPU).
@@ -86,22 +93,15 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Appends `value` of the lanes with `pred` to list[count..] in lane order; returns the new count.
-__device__ __forceinline__ int warp_append(uint16_t* list, int count, bool pred, int value,
-                                           unsigned lanes_below) {
-  const unsigned m = __ballot_sync(kFullMask, pred);
-  if (pred) list[count + __popc(m & lanes_below)] = uint16_t(value);
-  return count + __popc(m);
-}
-
 // Canonical logits (above) r_j for j = list[m], m < count, into s_v[j]; finish adds the biases.
+// The CTA's warps take groups of kRescoreTiles in turn.
 template <class Finish>
 __device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* list, int count,
-                        float* s_v, const Finish& finish, int lane) {
+                        float* s_v, const Finish& finish, int warp, int lane) {
   const int w = p.width;
   const float* q = p.q_feat + (bh * p.max_tiles + i) * w;
   const float* k = p.k_feat + bh * p.max_tiles * w;
-  for (int m0 = 0; m0 < count; m0 += kRescoreTiles) {
+  for (int m0 = warp * kRescoreTiles; m0 < count; m0 += kTopkWarps * kRescoreTiles) {
     int j[kRescoreTiles];
     double acc[kRescoreTiles];
 #pragma unroll
@@ -151,24 +151,94 @@ __device__ uint32_t kth_largest_key(const float* s_v, const uint16_t* list, int 
   return x;
 }
 
-__global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_constant__ TopkParams p) {
-  extern __shared__ float s_rows[];
-  __shared__ float s_dist[kDistanceTableSize];
-  const int h = blockIdx.y;
-  if (p.distance && threadIdx.x < kDistanceTableSize)
-    s_dist[threadIdx.x] = p.distance[h * kDistanceTableSize + threadIdx.x];
+// Inclusive scan of x over the CTA's threads in thread order; `total` gets the sum. The barriers
+// make s_scan reusable on return.
+__device__ __forceinline__ unsigned block_scan(unsigned x, unsigned* s_scan, unsigned& total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned incl = x;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const unsigned up = __shfl_up_sync(kFullMask, incl, off);
+    if (lane >= off) incl += up;
+  }
+  if (lane == 31) s_scan[warp] = incl;
   __syncthreads();
+  total = 0;
+#pragma unroll
+  for (int w = 0; w < kTopkWarps; ++w) {
+    const unsigned c = s_scan[w];
+    incl += w < warp ? c : 0u;
+    total += c;
+  }
+  __syncthreads();
+  return incl;
+}
 
-  const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+// Appends `value` of the threads with `pred` to list[count..] in thread order and returns the new
+// count; the entries are visible to the whole CTA on return.
+__device__ __forceinline__ int block_append(uint16_t* list, int count, bool pred, int value,
+                                            unsigned* s_scan) {
+  unsigned total;
+  const unsigned incl = block_scan(pred ? 1u : 0u, s_scan, total);
+  if (pred) list[count + int(incl) - 1] = uint16_t(value);
+  __syncthreads();
+  return count + int(total);
+}
+
+// Lists the tiles j < n with bit 0 / bit 1 of sel(j) set into list0 / list1, ascending. Each
+// thread takes a contiguous run of tiles, so one scan ranks them all (an append per 256 tiles cost
+// 5x the instructions of the rest of the kernel). The lists are visible to the CTA on return.
+template <class Sel>
+__device__ __forceinline__ void list_tiles(int n, const Sel& sel, uint16_t* list0, uint16_t* list1,
+                                           int& count0, int& count1, unsigned* s_scan) {
+  const int per = (n + kTopkThreads - 1) / kTopkThreads;
+  const int begin = min(n, int(threadIdx.x) * per), end = min(n, begin + per);
+  unsigned mine = 0;  // list0 count | list1 count << 16 (n <= 65535)
+  for (int j = begin; j < end; ++j) {
+    const unsigned m = sel(j);
+    mine += (m & 1u) + ((m >> 1) << 16);
+  }
+  unsigned total;
+  const unsigned before = block_scan(mine, s_scan, total) - mine;
+  if (mine != 0) {
+    int at0 = count0 + int(before & 0xffffu), at1 = count1 + int(before >> 16);
+    for (int j = begin; j < end; ++j) {
+      const unsigned m = sel(j);
+      if (m & 1u) list0[at0++] = uint16_t(j);
+      if (m & 2u) list1[at1++] = uint16_t(j);
+    }
+  }
+  count0 += int(total & 0xffffu), count1 += int(total >> 16);
+  __syncthreads();
+}
+
+// Calls k(std::true_type{}) or k(std::false_type{}): a per-row flag as a compile-time constant.
+template <class K>
+__device__ __forceinline__ void with_flag(bool flag, const K& k) {
+  if (flag)
+    k(std::true_type{});
+  else
+    k(std::false_type{});
+}
+
+__global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(const __grid_constant__ TopkParams p) {
+  extern __shared__ float s_row[];
+  __shared__ float s_dist[kDistanceTableSize];
+  __shared__ unsigned s_scan[kTopkWarps];   // block_scan's per-warp sums
+  __shared__ float s_red_f[2][kTopkWarps];  // per-warp max / min
+  __shared__ int s_red_i[2][kTopkWarps];    // per-warp candidates / bad, later A counts
+  __shared__ uint32_t s_bcast[3];           // warp 0 -> CTA: B / above, a k-th key, row const
+  const int h = blockIdx.y, i = blockIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  if (p.distance && tid < kDistanceTableSize)
+    s_dist[tid] = p.distance[h * kDistanceTableSize + tid];
+
   const int T = p.max_tiles;
-  const int i = blockIdx.x * warps + threadIdx.x / 32;
-  if (i >= T) return;
-  // The warp's row: values [T] f32, list [T] u16, second list [T] u16, histogram [256] i32.
-  float* s_v = s_rows + size_t(threadIdx.x / 32) * (2 * size_t(T) + kTopkBins);
+  // The row: values [T] f32, list [T] u16, second list [T] u16, histogram [256] i32.
+  float* s_v = s_row;
   uint16_t* s_list = reinterpret_cast<uint16_t*>(s_v + T);
   uint16_t* s_sub = s_list + T;
   int* s_hist = reinterpret_cast<int*>(s_v + 2 * T);
-  const unsigned lanes_below = (1u << lane) - 1u;
 
   const int64_t bh = int64_t(blockIdx.z) * p.heads + h;
   const int64_t row = bh * T + i;
@@ -178,25 +248,27 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_c
   const int n = info.n, np = info.num_prefix;
   if (i >= n) {  // no such query tile: count 0
     if (logits_out)
-      for (int j = lane; j < T; j += 32) logits_out[j] = -INFINITY;
-    for (int j = lane; j < p.max_k; j += 32) out[j] = -1;
-    if (lane == 0) p.counts[row] = 0;
+      for (int j = tid; j < T; j += kTopkThreads) logits_out[j] = -INFINITY;
+    for (int j = tid; j < p.max_k; j += kTopkThreads) out[j] = -1;
+    if (tid == 0) p.counts[row] = 0;
     return;
   }
 
   const bool prefix_forced = p.force_prefix, self_forced = p.force_self;
   auto forced = [&](int j) { return (prefix_forced && j < np) || (self_forced && j == i); };
   const bool prior = p.distance != nullptr && i >= np;
-  const uint32_t qc = prior ? p.key_coords[int64_t(h) * T + i] : 0u;
-  // v (f32 logit, or double for the canonical one) + key bias + distance prior, in one order.
-  auto finish = [&](auto v, int j) {
-    if (p.key_bias) v += __ldg(p.key_bias + int64_t(h) * T + j);
-    if (prior && j >= np) {
-      const uint32_t kc = __ldg(p.key_coords + int64_t(h) * T + j);
-      v += s_dist[distance_bin_dev(int(qc >> 22) - int(kc >> 22))] +
+  const float* bias_h = p.key_bias ? p.key_bias + int64_t(h) * T : nullptr;
+  const uint32_t* coords_h = p.key_coords + int64_t(h) * T;
+  const uint32_t qc = prior ? coords_h[i] : 0u;
+  auto prior_of = [&](uint32_t kc) {  // the estimator's distance prior of key tile coordinates kc
+    return s_dist[distance_bin_dev(int(qc >> 22) - int(kc >> 22))] +
            s_dist[11 + distance_bin_dev(int((qc >> 11) & 2047u) - int((kc >> 11) & 2047u))] +
            s_dist[22 + distance_bin_dev(int(qc & 2047u) - int(kc & 2047u))];
-    }
+  };
+  // v (f32 logit, or double for the canonical one) + key bias + distance prior, in one order.
+  auto finish = [&](auto v, int j) {
+    if (bias_h) v += __ldg(bias_h + j);
+    if (prior && j >= np) v += prior_of(__ldg(coords_h + j));
     return v;
   };
 
@@ -204,51 +276,87 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_c
   const bool split = p.q_scale != nullptr;
   const float q_scale = split ? p.q_scale[row] : 1.f;
   const float* k_scale = split ? p.k_scale + bh * T : nullptr;
-  float row_const = 0.f;
-  if (split && logits_out) {  // debug output: add back q . c, the row's shift by the centring
-    const float* q = p.q_feat + row * p.width;
-    const float* c = p.center + bh * p.width;
-    for (int d = lane; d < p.width; d += 32) row_const = fmaf(q[d], c[d], row_const);
-    row_const = warp_sum(row_const);
+  if (warp == 0) {  // debug output: add back q . c, the row's shift by the centring
+    float row_const = 0.f;
+    if (split && logits_out) {
+      const float* q = p.q_feat + row * p.width;
+      const float* c = p.center + bh * p.width;
+      for (int d = lane; d < p.width; d += 32) row_const = fmaf(q[d], c[d], row_const);
+      row_const = warp_sum(row_const);
+    }
+    if (lane == 0) s_bcast[2] = __float_as_uint(row_const);
   }
+  __syncthreads();  // s_dist, s_bcast
+  const float row_const = __uint_as_float(s_bcast[2]);
 
-  // 1. Finish the row.
+  // 1. Finish the row (as `finish`), instantiated per (FP16x3, prior, key bias) so that the loop
+  // over every tile of every row carries no per-tile branches on them.
   const float* raw = p.logits + row * T;
   float vmax = -INFINITY, vmin = INFINITY;
   int candidates = 0;
   bool bad = false;
-  for (int j0 = lane; j0 < T; j0 += 32 * kTopkLoadBatch) {
-    float r[kTopkLoadBatch], ks[kTopkLoadBatch];
+  auto finish_row = [&](auto split_c, auto prior_c, auto bias_c) {
+    constexpr bool kSplit = decltype(split_c)::value, kPrior = decltype(prior_c)::value,
+                   kBias = decltype(bias_c)::value;
+    for (int j0 = tid; j0 < T; j0 += kTopkThreads * kTopkLoadBatch) {
+      float r[kTopkLoadBatch], ks[kTopkLoadBatch], kb[kTopkLoadBatch];
+      uint32_t kc[kTopkLoadBatch];
 #pragma unroll
-    for (int u = 0; u < kTopkLoadBatch; ++u) {
-      const int j = j0 + 32 * u;
-      r[u] = j < n ? __ldcs(raw + j) : 0.f;
-      ks[u] = split && j < n ? __ldg(k_scale + j) : 1.f;
-    }
-#pragma unroll
-    for (int u = 0; u < kTopkLoadBatch; ++u) {
-      const int j = j0 + 32 * u;
-      if (j >= T) break;
-      float v = -INFINITY;
-      if (j < n) {
-        v = finish(split ? r[u] * q_scale * ks[u] : r[u], j);
-        bad |= !(v < INFINITY);  // NaN or +inf
+      for (int u = 0; u < kTopkLoadBatch; ++u) {
+        const int j = j0 + kTopkThreads * u;
+        const bool in = j < n;
+        r[u] = in ? __ldcs(raw + j) : 0.f;
+        if constexpr (kSplit) ks[u] = in ? __ldg(k_scale + j) : 1.f;
+        if constexpr (kBias) kb[u] = in ? __ldg(bias_h + j) : 0.f;
+        if constexpr (kPrior) kc[u] = in ? __ldg(coords_h + j) : 0u;
       }
-      if (logits_out) logits_out[j] = v + row_const;
-      const bool candidate = j < n && !forced(j) && v != -INFINITY;
-      s_v[j] = candidate ? v : -INFINITY;
-      if (candidate) ++candidates, vmax = fmaxf(vmax, v), vmin = fminf(vmin, v);
+#pragma unroll
+      for (int u = 0; u < kTopkLoadBatch; ++u) {
+        const int j = j0 + kTopkThreads * u;
+        if (j >= T) break;
+        float v = -INFINITY;
+        if (j < n) {
+          v = kSplit ? r[u] * q_scale * ks[u] : r[u];
+          if constexpr (kBias) v += kb[u];
+          if constexpr (kPrior) {
+            if (j >= np) v += prior_of(kc[u]);
+          }
+          bad |= !(v < INFINITY);  // NaN or +inf
+        }
+        if (logits_out) logits_out[j] = v + row_const;
+        const bool candidate = j < n && !forced(j) && v != -INFINITY;
+        s_v[j] = candidate ? v : -INFINITY;
+        if (candidate) ++candidates, vmax = fmaxf(vmax, v), vmin = fminf(vmin, v);
+      }
     }
+  };
+  with_flag(split, [&](auto s) {
+    with_flag(prior, [&](auto pr) {
+      with_flag(bias_h != nullptr, [&](auto kb) { finish_row(s, pr, kb); });
+    });
+  });
+  // CTA reductions: max, min, candidates, bad.
+  vmax = warp_max(vmax), vmin = warp_min(vmin);
+  candidates = int(__reduce_add_sync(kFullMask, unsigned(candidates)));
+  const bool warp_bad = __any_sync(kFullMask, bad);
+  if (lane == 0) {
+    s_red_f[0][warp] = vmax, s_red_f[1][warp] = vmin;
+    s_red_i[0][warp] = candidates, s_red_i[1][warp] = warp_bad;
   }
-  if (__any_sync(kFullMask, bad)) {
-    if (lane == 0) {
+  __syncthreads();  // also orders the s_v writes before any cross-thread read
+  bad = false, candidates = 0;
+  for (int w = 0; w < kTopkWarps; ++w) {
+    vmax = fmaxf(vmax, s_red_f[0][w]), vmin = fminf(vmin, s_red_f[1][w]);
+    candidates += s_red_i[0][w], bad |= s_red_i[1][w] != 0;
+  }
+  if (bad) {
+    if (tid == 0) {
       atomicMin(p.bad_row, static_cast<unsigned long long>(row));
       p.counts[row] = 0;
     }
-    for (int j = lane; j < p.max_k; j += 32) out[j] = -1;
+    for (int j = tid; j < p.max_k; j += kTopkThreads) out[j] = -1;
     return;
   }
-  candidates = int(__reduce_add_sync(kFullMask, unsigned(candidates)));
   const int num_forced =
       (prefix_forced ? np : 0) + ((self_forced && !(prefix_forced && i < np)) ? 1 : 0);
   const int take = min(max(0, info.budget - num_forced), candidates);
@@ -257,13 +365,11 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_c
   int listed = 0;
   if (take == 0 || take == candidates) {
     if (take > 0) keep_from = -FLT_MAX;  // every candidate
-    for (int j0 = 0; j0 < n; j0 += 32) {
-      const int j = j0 + lane;
-      listed = warp_append(s_list, listed, j < n && (forced(j) || (take > 0 && s_v[j] != -INFINITY)),
-                           j, lanes_below);
-    }
+    int none = 0;
+    list_tiles(
+        n, [&](int j) { return unsigned(forced(j) || (take > 0 && s_v[j] != -INFINITY)); },
+        s_list, nullptr, listed, none, s_scan);
   } else {
-    vmax = warp_max(vmax), vmin = warp_min(vmin);
     // The row's error bound (above).
     const float qn = p.q_norm[row];
     const float k_f = __uint_as_float(p.k_norm_filter[bh]), k_u = __uint_as_float(p.k_norm[bh]);
@@ -272,39 +378,38 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_c
     if (!(two_e <= FLT_MAX)) two_e = INFINITY;  // overflow (0 * inf: NaN): rescore every candidate
 
     // 2. Histogram; B = the bin of the take-th largest value, `above` = candidates above B.
-    for (int t = lane; t < kTopkBins; t += 32) s_hist[t] = 0;
-    __syncwarp();
+    for (int t = tid; t < kTopkBins; t += kTopkThreads) s_hist[t] = 0;
+    __syncthreads();
     const float inv = float(kTopkBins) / (vmax - vmin);  // inf / 0 / NaN cases stay monotone
     auto bin_of = [&](float x) {
       return int(fminf(fmaxf((x - vmin) * inv, 0.f), float(kTopkBins - 1)));
     };
-    for (int j = lane; j < n; j += 32) {
+    for (int j = tid; j < n; j += kTopkThreads) {
       const float v = s_v[j];
       if (v != -INFINITY) atomicAdd(&s_hist[bin_of(v)], 1);
     }
-    __syncwarp();
-    static_assert(kTopkBins == 32 * 8);
-    int c8[8], lane_sum = 0;  // lane l: bins 255 - 8l down to 248 - 8l
+    __syncthreads();
+    {  // thread t: bins 255 - kBinsPerThread t downwards; counts from the top bin down
+      constexpr int kBinsPerThread = kTopkBins / kTopkThreads;
+      int c[kBinsPerThread], mine = 0;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) c8[e] = s_hist[kTopkBins - 1 - 8 * lane - e], lane_sum += c8[e];
-    int incl = lane_sum;
+      for (int e = 0; e < kBinsPerThread; ++e)
+        c[e] = s_hist[kTopkBins - 1 - kBinsPerThread * tid - e], mine += c[e];
+      unsigned total;
+      int cum = int(block_scan(unsigned(mine), s_scan, total)) - mine;
+      if (cum < take && take <= cum + mine) {
+        bool found = false;
 #pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int up = __shfl_up_sync(kFullMask, incl, off);
-      if (lane >= off) incl += up;
-    }
-    int my_bin = -1, my_above = 0;
-    if (incl - lane_sum < take && take <= incl) {
-      int cum = incl - lane_sum;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (my_bin < 0 && cum + c8[e] >= take) my_bin = kTopkBins - 1 - 8 * lane - e, my_above = cum;
-        cum += c8[e];
+        for (int e = 0; e < kBinsPerThread; ++e) {
+          if (!found && cum + c[e] >= take)
+            s_bcast[0] = uint32_t(kTopkBins - 1 - kBinsPerThread * tid - e),
+            s_bcast[1] = uint32_t(cum), found = true;
+          cum += c[e];
+        }
       }
+      __syncthreads();
     }
-    const int holder = __ffs(__ballot_sync(kFullMask, my_bin >= 0)) - 1;
-    const int B = __shfl_sync(kFullMask, my_bin, holder);
-    const int above = __shfl_sync(kFullMask, my_above, holder);
+    const int B = int(s_bcast[0]), above = int(s_bcast[1]);
     // Values <= x_lo map below B (checked), so most tiles skip the bin arithmetic.
     float x_lo = -INFINITY;
     if (B > 0) {
@@ -314,66 +419,78 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) topk_kernel(const __grid_c
 
     // List forced tiles and the candidates that may reach tau (ascending); bin B's apart.
     int in_b = 0;
-    for (int j0 = 0; j0 < n; j0 += 32) {
-      const int j = j0 + lane;
-      const float v = j < n ? s_v[j] : -INFINITY, hi = v + two_e;
-      const bool reach = v != -INFINITY && hi > x_lo && bin_of(hi) >= B;
-      listed = warp_append(s_list, listed, reach || (j < n && forced(j)), j, lanes_below);
-      in_b = warp_append(s_sub, in_b, reach && bin_of(v) == B, j, lanes_below);
+    list_tiles(
+        n,
+        [&](int j) {
+          const float v = s_v[j], hi = v + two_e;
+          const bool reach = v != -INFINITY && hi > x_lo && bin_of(hi) >= B;
+          return unsigned(reach || forced(j)) | (unsigned(reach && bin_of(v) == B) << 1);
+        },
+        s_list, s_sub, listed, in_b, s_scan);
+    if (warp == 0) {
+      const uint32_t key = kth_largest_key(s_v, s_sub, in_b, take - above, lane);
+      if (lane == 0) s_bcast[0] = key;
     }
-    __syncwarp();
-    const float tau = key_value(kth_largest_key(s_v, s_sub, in_b, take - above, lane));
+    __syncthreads();
+    const float tau = key_value(s_bcast[0]);
 
     // 3. A -> +inf; U -> s_sub (ascending), then r; other listed candidates -> -inf.
     int n_a = 0, n_u = 0;
-    for (int m0 = 0; m0 < listed; m0 += 32) {
-      const int m = m0 + lane;
+    for (int m0 = 0; m0 < listed; m0 += kTopkThreads) {
+      const int m = m0 + tid;
       const int j = m < listed ? s_list[m] : 0;
       const float v = m < listed ? s_v[j] : -INFINITY;
       const bool in_a = v != -INFINITY && v - two_e > tau;
       const bool in_u = v != -INFINITY && !in_a && v + two_e >= tau;
-      n_a += __popc(__ballot_sync(kFullMask, in_a));
-      n_u = warp_append(s_sub, n_u, in_u, j, lanes_below);
+      n_a += in_a;
+      n_u = block_append(s_sub, n_u, in_u, j, s_scan);
       if (v != -INFINITY) s_v[j] = in_a ? INFINITY : in_u ? v : -INFINITY;
     }
-    __syncwarp();
-    rescore(p, bh, i, s_sub, n_u, s_v, finish, lane);
-    __syncwarp();
-    if (p.rescored && lane == 0) atomicAdd(p.rescored, static_cast<unsigned long long>(n_u));
+    n_a = int(__reduce_add_sync(kFullMask, unsigned(n_a)));
+    if (lane == 0) s_red_i[0][warp] = n_a;
+    __syncthreads();  // also: the s_v updates and the U list before the rescoring
+    n_a = 0;
+    for (int w = 0; w < kTopkWarps; ++w) n_a += s_red_i[0][w];
+    rescore(p, bh, i, s_sub, n_u, s_v, finish, warp, lane);
+    __syncthreads();
+    if (p.rescored && tid == 0) atomicAdd(p.rescored, static_cast<unsigned long long>(n_u));
     // need in [1, n_u]: A lies above tau, the take-th largest v, and A + U holds every v >= tau.
-    const int need = take - n_a;
-    const uint32_t kth = kth_largest_key(s_v, s_sub, n_u, need, lane);
-    unsigned greater = 0;
-    for (int m = lane; m < n_u; m += 32) greater += order_key(s_v[s_sub[m]]) > kth;
-    const int ties = need - int(__reduce_add_sync(kFullMask, greater));
-    int seen = 0;
-    for (int m0 = 0; m0 < n_u; m0 += 32) {
-      const int m = m0 + lane;
-      const int j = m < n_u ? s_sub[m] : 0;
-      const uint32_t key = m < n_u ? order_key(s_v[j]) : 0u;
-      const bool tie = m < n_u && key == kth;
-      const unsigned mt = __ballot_sync(kFullMask, tie);
-      if (m < n_u)
-        s_v[j] = key > kth || (tie && seen + __popc(mt & lanes_below) < ties) ? INFINITY : -INFINITY;
-      seen += __popc(mt);
+    if (warp == 0) {
+      const int need = take - n_a;
+      const uint32_t kth = kth_largest_key(s_v, s_sub, n_u, need, lane);
+      unsigned greater = 0;
+      for (int m = lane; m < n_u; m += 32) greater += order_key(s_v[s_sub[m]]) > kth;
+      const int ties = need - int(__reduce_add_sync(kFullMask, greater));
+      int seen = 0;
+      for (int m0 = 0; m0 < n_u; m0 += 32) {
+        const int m = m0 + lane;
+        const int j = m < n_u ? s_sub[m] : 0;
+        const uint32_t key = m < n_u ? order_key(s_v[j]) : 0u;
+        const bool tie = m < n_u && key == kth;
+        const unsigned mt = __ballot_sync(kFullMask, tie);
+        if (m < n_u)
+          s_v[j] = key > kth || (tie && seen + __popc(mt & ((1u << lane) - 1u)) < ties) ? INFINITY
+                                                                                      : -INFINITY;
+        seen += __popc(mt);
+      }
     }
   }
-  __syncwarp();
+  __syncthreads();
 
   // 4. Ascending output from the list.
   int count = 0;
-  for (int m0 = 0; m0 < listed; m0 += 32) {
-    const int m = m0 + lane;
+  for (int m0 = 0; m0 < listed; m0 += kTopkThreads) {
+    const int m = m0 + tid;
     const int j = m < listed ? s_list[m] : 0;
     const bool in = m < listed && (forced(j) || s_v[j] >= keep_from);
-    const unsigned mask = __ballot_sync(kFullMask, in);
-    const int at = count + __popc(mask & lanes_below);
+    unsigned total;
+    const int at = count + int(block_scan(in ? 1u : 0u, s_scan, total)) - 1;
     if (in && at < p.max_k) out[at] = j;
-    count += __popc(mask);
+    count += int(total);
   }
   count = min(count, p.max_k);
-  for (int j = count + lane; j < p.max_k; j += 32) out[j] = -1;
-  if (lane == 0) p.counts[row] = count;
+  for (int j = count + tid; j < p.max_k; j += kTopkThreads) out[j] = -1;
+  if (tid == 0) p.counts[row] = count;
 }
 
 }  // namespace veda::cuda::sel
