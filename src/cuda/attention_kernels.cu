@@ -96,7 +96,7 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, cudaStream_t stream) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (attr_err != cudaSuccess) return attr_err;
   dim3 grid((f.num_q_blocks + 1) / 2, f.heads, batch);
-  kernel<<<grid, 288, smem, stream>>>(f, tm_k, tm_v);
+  kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v);
   return cudaGetLastError();
 }
 

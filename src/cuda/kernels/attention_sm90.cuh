@@ -59,14 +59,19 @@ struct CopyPlan90 {
   }
 };
 
-// S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps).
+// Descriptor of k-step kk (columns 16kk..16kk+15) of a 64-row K-major tile in the layout above.
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t tile, int kk) {
+  return smem_desc_128b(tile + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
+}
+
+// S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps), Q as register A
+// fragments.
 template <int D, class T>
 __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
                                        uint32_t k_stage) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<64, T>(s, q[kk], smem_desc_128b(k_stage + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024),
-                      kk > 0 ? 1 : 0);
+    wgmma_rs_s<64, T>(s, q[kk], kmajor_desc(k_stage, kk), kk > 0 ? 1 : 0);
 }
 
 // Q rows of one 64-row block straight from global memory into wgmma A fragments: warp w of the
@@ -89,45 +94,54 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
   }
 }
 
-// The online softmax for one 64-key block (`valid` of them real) of this warpgroup's 64 query
-// rows, in pieces so that the warp-specialised kernel can overlap them across blocks:
-//   issue_s        S = Q K^T (Q from registers, K a 128B-swizzled shared-memory tile), async;
-//   softmax_block  mask, new row max, P = exp(S - max) packed as the next A operand, row sums,
-//                  and the factor alpha by which O must be rescaled before P V is added;
-//   rescale        O *= alpha;
-//   issue_pv       O += P V (V the transposed shared-memory operand), async, k-steps past the
-//                  valid keys skipped.
-// S always spans 64 keys: an N = 16 form for the ragged edge blocks of <= 16 keys, in either a
-// shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
-template <int D, class T>
-__device__ __forceinline__ void issue_s(float (&s)[32], const uint32_t (&qf)[D / 16][4],
-                                        uint32_t k_stage) {
-  fence_operands(s);
+// The online softmax for one step of NB 64-key blocks (NB = 1 or 2: 64 or 128 keys; valid[b] of
+// block b real) of this warpgroup's 64 query rows, in pieces:
+//   issue_s         S = Q K^T, one 64x64 accumulator per block (K a 128B-swizzled shared-memory
+//                   tile), one commit group;
+//   softmax_blocks  mask each block past its valid keys, one new row max over the NB * 64 columns,
+//                   P = exp(S - max) packed as the next A operand, row sums, and the factor alpha by
+//                   which O must be rescaled before P V is added (one rescale per step);
+//   rescale         O *= alpha;
+//   issue_pv        O += P V over the NB V tiles (transposed shared-memory operand), one commit
+//                   group, k-steps past a block's valid keys skipped.
+// S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
+// either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
+template <int D, class T, int NB>
+__device__ __forceinline__ void issue_s(float (&s)[NB][32], const uint32_t (&q)[D / 16][4],
+                                        const uint32_t (&k_tile)[NB]) {
+#pragma unroll
+  for (int b = 0; b < NB; ++b) fence_operands(s[b]);
   wgmma_fence();
-  s_gemm<D, T>(s, qf, k_stage);
+#pragma unroll
+  for (int b = 0; b < NB; ++b) s_gemm<D, T>(s[b], q, k_tile[b]);
   wgmma_commit();
 }
 
-template <class T>
-__device__ __forceinline__ void softmax_block(float (&s)[32], float (&row_max)[2],
-                                              float (&row_sum)[2], uint32_t (&pf)[4][4],
-                                              float (&alpha)[2], int valid, float scale_log2,
-                                              int lane) {
-  if (valid < 64) {
+template <int NB, class T>
+__device__ __forceinline__ void softmax_blocks(float (&s)[NB][32], float (&row_max)[2],
+                                               float (&row_sum)[2], uint32_t (&pf)[NB][4][4],
+                                               float (&alpha)[2], const int (&valid)[NB],
+                                               float scale_log2, int lane) {
 #pragma unroll
-    for (int n = 0; n < 8; ++n)
+  for (int b = 0; b < NB; ++b) {
+    if (valid[b] < 64) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + (lane & 3) * 2 + (e & 1);
-        if (col >= valid) s[n * 4 + e] = -INFINITY;
-      }
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + (lane & 3) * 2 + (e & 1);
+          if (col >= valid[b]) s[b][n * 4 + e] = -INFINITY;
+        }
+    }
   }
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-  for (int n = 0; n < 8; ++n) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[n * 4 + 0], s[n * 4 + 1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[n * 4 + 2], s[n * 4 + 3]));
-  }
+  for (int b = 0; b < NB; ++b)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[b][n * 4 + 0], s[b][n * 4 + 1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[b][n * 4 + 2], s[b][n * 4 + 3]));
+    }
   float neg_m[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -141,16 +155,18 @@ __device__ __forceinline__ void softmax_block(float (&s)[32], float (&row_max)[2
     neg_m[i] = -m_use * scale_log2;
   }
 #pragma unroll
-  for (int n = 0; n < 8; ++n) {
-    const float p0 = fast_exp2(fmaf(s[n * 4 + 0], scale_log2, neg_m[0]));
-    const float p1 = fast_exp2(fmaf(s[n * 4 + 1], scale_log2, neg_m[0]));
-    const float p2 = fast_exp2(fmaf(s[n * 4 + 2], scale_log2, neg_m[1]));
-    const float p3 = fast_exp2(fmaf(s[n * 4 + 3], scale_log2, neg_m[1]));
-    row_sum[0] += p0 + p1;
-    row_sum[1] += p2 + p3;
-    pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
-    pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
-  }
+  for (int b = 0; b < NB; ++b)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const float p0 = fast_exp2(fmaf(s[b][n * 4 + 0], scale_log2, neg_m[0]));
+      const float p1 = fast_exp2(fmaf(s[b][n * 4 + 1], scale_log2, neg_m[0]));
+      const float p2 = fast_exp2(fmaf(s[b][n * 4 + 2], scale_log2, neg_m[1]));
+      const float p3 = fast_exp2(fmaf(s[b][n * 4 + 3], scale_log2, neg_m[1]));
+      row_sum[0] += p0 + p1;
+      row_sum[1] += p2 + p3;
+      pf[b][n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
+      pf[b][n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
+    }
 }
 
 template <int D>
@@ -164,35 +180,43 @@ __device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha
   }
 }
 
-template <int D, class T>
-__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[4][4],
-                                         uint32_t v_stage, int valid) {
+template <int D, class T, int NB>
+__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
+                                         const uint32_t (&v_tile)[NB], const int (&valid)[NB]) {
   fence_operands(acc);
-  fence_operands(pf);
+#pragma unroll
+  for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
   wgmma_fence();
 #pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    if (t * 16 < valid)  // warpgroup-uniform: P is zero past the valid keys
-      wgmma_rs_tb<D, T>(acc, pf[t], smem_desc_128b(v_stage + t * 2048, 8192, 1024));
-  }
+  for (int b = 0; b < NB; ++b)
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      if (t * 16 < valid[b])  // warpgroup-uniform: P is zero past the valid keys
+        wgmma_rs_tb<D, T>(acc, pf[b][t], smem_desc_128b(v_tile[b] + t * 2048, 8192, 1024));
+    }
   wgmma_commit();
 }
 
-// The pieces in order, each product waited for: one key block start to finish.
-template <int D, class T>
-__device__ __forceinline__ void attend_key_block(float (&acc)[D / 2], float (&s)[32],
-                                                 float (&row_max)[2], float (&row_sum)[2],
-                                                 const uint32_t (&qf)[D / 16][4], uint32_t k_stage,
-                                                 uint32_t v_stage, int valid, float scale_log2,
-                                                 int lane) {
-  issue_s<D, T>(s, qf, k_stage);
+// The pieces in order, each product waited for: one step start to finish. S lives only within
+// the step (the first wgmma of each block overwrites it: scale_d = 0).
+template <int D, class T, int NB>
+__device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&row_max)[2],
+                                                  float (&row_sum)[2],
+                                                  const uint32_t (&q)[D / 16][4],
+                                                  const uint32_t (&k_tile)[NB],
+                                                  const uint32_t (&v_tile)[NB],
+                                                  const int (&valid)[NB], float scale_log2,
+                                                  int lane) {
+  float s[NB][32];
+  issue_s<D, T, NB>(s, q, k_tile);
   wgmma_wait<0>();
-  fence_operands(s);
-  uint32_t pf[4][4];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) fence_operands(s[b]);
+  uint32_t pf[NB][4][4];
   float alpha[2];
-  softmax_block<T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
+  softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
   rescale<D>(acc, alpha);
-  issue_pv<D, T>(acc, pf, v_stage, valid);
+  issue_pv<D, T, NB>(acc, pf, v_tile, valid);
   wgmma_wait<0>();
   fence_operands(acc);
 }
@@ -292,9 +316,6 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
     uint32_t qf[D / 16][4];
     load_q_fragments<D, T>(qf, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs,
                            group ? q_valid[1] : q_valid[0], warp & 3, lane);
-    float s[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.f;
     int stage = 0;
     while (j < n_steps) {
       const int cur_valid = kb.valid;
@@ -309,8 +330,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
       }
       cp_async_commit();
 
-      attend_key_block<D, T>(acc, s, row_max, row_sum, qf, sK + stage * kTileBytes,
-                             sV + stage * kTileBytes, cur_valid, p.scale_log2, lane);
+      attend_key_blocks<D, T, 1>(acc, row_max, row_sum, qf, {sK + stage * kTileBytes},
+                                 {sV + stage * kTileBytes}, {cur_valid}, p.scale_log2, lane);
       stage ^= 1;
       j = jn;
     }

@@ -1,10 +1,18 @@
 // Tile-skipping attention forward on Hopper, warp-specialised (FlashAttention-3 structure): one
-// producer warp streams K/V key blocks with TMA into a ring of shared-memory stages guarded by
+// producer thread streams K/V key blocks with TMA into a ring of shared-memory stages guarded by
 // mbarriers (full: the TMA bytes landed; empty: every consumer warp released the stage), and two
 // consumer warpgroups each run the online softmax of one 64-row query block with wgmma
-// (attend_key_block, shared with the one-warpgroup kernel in attention_sm90.cuh). The producer is
-// warp 8, after the consumer warpgroups so that they stay warpgroup-aligned; 288 threads leave
-// 224 registers a thread, so no setmaxnreg is needed.
+// (attend_key_blocks, shared with the one-warpgroup kernel in attention_sm90.cuh). 384 threads:
+// the producer is warpgroup 2, after the consumer warpgroups, and hands registers to them with
+// setmaxnreg (40 vs 232 a thread; at 288 threads with a lone producer warp every thread was capped
+// at 168, because the register file is split among the SM's four sub-partitions).
+//
+// Steps: a consumer takes its key blocks two at a time when two consecutive stages (ring order,
+// wrapping) are both its own: S for both 64-key blocks in one commit group, one softmax over the
+// 128 columns (each block masked past its own valid keys), one rescale of O, P V over both V
+// tiles, both stages released together. The producer, which knows the next stage when it tags
+// this one, marks the pair in the tag, so a consumer never waits for a stage it does not use;
+// otherwise (the next stage is not its own, or ends the stream) it takes one block.
 //
 // A CTA owns query blocks 2x and 2x+1 of one (b, h): the halves of a 128-token tile, or two
 // neighbouring 64-token tiles. The producer walks the union of their key lists (both ascending:
@@ -22,7 +30,9 @@
 //
 // Tried and dropped (docs/perf-notes.md): FA3's intra-warpgroup overlap (S of the next block
 // issued before P V of this one) ran 5-15% slower here; consumers walking the union themselves
-// instead of reading tags put dependent global loads on their critical path (25% slower).
+// instead of reading tags put dependent global loads on their critical path (25% slower); FA3's
+// ping-pong of the two consumer warpgroups (named barriers, turns at the tensor cores) ran 9-11%
+// slower dense.
 #pragma once
 #include <cuda.h>
 
@@ -36,10 +46,19 @@ struct WsConfig {
   static constexpr int kTileBytes = 64 * D * 2;
   static constexpr int kStageBytes = 2 * kTileBytes;  // K + V
   static constexpr int kStages = D == 128 ? 6 : 8;     // 192 KB / 128 KB of ring
+  static_assert(kStages >= 2, "a 128-key step holds two stages");
   static constexpr int kRingBytes = kStages * kStageBytes;
   static constexpr int kSmemBytes = kRingBytes + 1024 + kStages * 24;  // + align, barriers, tags
   static constexpr int kConsumerWarps = 8;
-  static constexpr uint32_t kEnd = 0x80000000u;  // tag of the stage that ends the stream
+  // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
+  // producer gives registers back so that the consumers get 232 each (128 * 40 + 256 * 232 <=
+  // 65,536): two S accumulators, O, P and Q's A fragments.
+  static constexpr int kThreads = 384;
+  static constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
+  // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c needs the next stage too
+  // and takes both as one 128-key step; kEnd alone, the stream ends here.
+  static constexpr uint32_t kPairShift = 2;
+  static constexpr uint32_t kEnd = 0x80000000u;
 };
 
 // The union of two ascending key lists (null list = every tile; count 0 = none), one listed tile
@@ -64,14 +83,49 @@ struct KeyListUnion {
   }
 };
 
+// The producer's stages in order: the 64-key blocks with valid keys of the tiles in the union
+// (`need` 0 past the end). Copyable, so that the producer can look one stage ahead.
+struct KeyBlockStream {
+  KeyListUnion keys;
+  const int32_t* valid_h;
+  int subs;
+  int tile = 0, sub = 0, tile_valid = 0;
+  uint32_t need = 0;
+
+  __device__ __forceinline__ void advance() {
+    if (need && ++sub < subs && tile_valid > sub * 64) return;
+    sub = 0;
+    do {
+      tile = keys.next(need);
+      if (tile == KeyListUnion::kNone) {
+        need = 0;
+        return;
+      }
+      tile_valid = __ldg(valid_h + tile);
+    } while (tile_valid == 0);
+  }
+};
+
+// A position in the stage ring: stage index and the parity of its barriers' current phase.
+template <int kStages>
+struct RingPos {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) stage = 0, phase ^= 1;
+  }
+};
+
 template <int D, class T>
-__global__ void __launch_bounds__(288, 1)
+__global__ void __launch_bounds__(384, 1)
     attention_fwd_sm90_ws_kernel(const __grid_constant__ FwdParams p,
                                  const __grid_constant__ CUtensorMap tm_k,
                                  const __grid_constant__ CUtensorMap tm_v) {
   using C = WsConfig<D>;
+  using Ring = RingPos<C::kStages>;
   extern __shared__ __align__(128) unsigned char smem_ws[];
   const uint32_t ring = (smem_u32(smem_ws) + 1023u) & ~1023u;
+  static_assert(C::kThreads == 384, "launch bounds");
   const uint32_t full_bar = ring + C::kRingBytes;  // [kStages] x 8 bytes
   const uint32_t empty_bar = full_bar + C::kStages * 8;
   uint32_t* tags = reinterpret_cast<uint32_t*>(smem_ws + (empty_bar + C::kStages * 8 -
@@ -109,34 +163,34 @@ __global__ void __launch_bounds__(288, 1)
     }
   }
 
-  if (warp == 8) {  // producer: one thread issues everything
-    if (lane != 0) return;
+  if (warp >= 8) {  // producer warpgroup: one thread issues everything
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (warp != 8 || lane != 0) return;
     tma_prefetch_descriptor(&tm_k);
     tma_prefetch_descriptor(&tm_v);
-    int stage = 0;
-    uint32_t phase = 0;
-    uint32_t need;
-    for (int tile = keys.next(need); tile != KeyListUnion::kNone; tile = keys.next(need)) {
-      const int tile_valid = __ldg(valid_h + tile);
-      for (int sub = 0; sub < p.subs && tile_valid > sub * 64; ++sub) {
-        mbar_wait(empty_bar + 8 * stage, phase ^ 1);
-        tags[stage] = need;
-        valids[stage] = block_valid(tile_valid, sub);
-        const uint32_t bar = full_bar + 8 * stage;
-        mbar_arrive_expect_tx(bar, C::kStageBytes);
-        const uint32_t dst = ring + stage * C::kStageBytes;
-        const int row = tile * p.tile_size + sub * 64;
+    Ring at;
+    KeyBlockStream cur{keys, valid_h, p.subs};
+    cur.advance();
+    KeyBlockStream next = cur;
+    next.advance();
+    for (; cur.need; cur = next, next.advance()) {
+      mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
+      tags[at.stage] = cur.need | (cur.need & next.need) << C::kPairShift;
+      valids[at.stage] = block_valid(cur.tile_valid, cur.sub);
+      const uint32_t bar = full_bar + 8 * at.stage;
+      mbar_arrive_expect_tx(bar, C::kStageBytes);
+      const uint32_t dst = ring + at.stage * C::kStageBytes;
+      const int row = cur.tile * p.tile_size + cur.sub * 64;
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-          tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, h, b);
-          tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, h, b);
-        }
-        if (++stage == C::kStages) stage = 0, phase ^= 1;
+      for (int cb = 0; cb < D / 64; ++cb) {
+        tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, h, b);
+        tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, h, b);
       }
+      at.advance();
     }
-    mbar_wait(empty_bar + 8 * stage, phase ^ 1);
-    tags[stage] = C::kEnd;
-    mbar_arrive(full_bar + 8 * stage);
+    mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
+    tags[at.stage] = C::kEnd;
+    mbar_arrive(full_bar + 8 * at.stage);
     return;
   }
 
@@ -150,31 +204,59 @@ __global__ void __launch_bounds__(288, 1)
   for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
-  float s[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) s[i] = 0.f;
-  uint32_t qf[D / 16][4];
+  setmaxnreg_inc<C::kConsumerRegs>();
+  uint32_t q[D / 16][4];  // Q as wgmma A fragments, straight from global memory
   const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
-  load_q_fragments<D, T>(qf, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid, warp & 3, lane);
+  load_q_fragments<D, T>(q, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid, warp & 3, lane);
 
-  int stage = 0;
-  uint32_t phase = 0;
-  while (true) {
-    mbar_wait(full_bar + 8 * stage, phase);
+  // A stage as this warp sees it: wait until it is full, then lane 0 reads its tag and valid count
+  // and shares them; lane 0 also releases it (release()).
+  struct StageInfo {
+    uint32_t tag;
+    int valid;
+  };
+  const auto look = [&](const Ring& at) {
+    mbar_wait(full_bar + 8 * at.stage, at.phase);
     uint32_t tag = 0;
     int valid = 0;
-    if (lane == 0) tag = tags[stage], valid = valids[stage];
-    tag = __shfl_sync(0xffffffffu, tag, 0);
-    valid = __shfl_sync(0xffffffffu, valid, 0);
-    if (tag & C::kEnd) break;
-    if (tag & my_bit) {
-      const uint32_t k_tile = ring + stage * C::kStageBytes;
-      attend_key_block<D, T>(acc, s, row_max, row_sum, qf, k_tile, k_tile + C::kTileBytes, valid,
-                             p.scale_log2, lane);
-    }
+    if (lane == 0) tag = tags[at.stage], valid = valids[at.stage];
+    return StageInfo{__shfl_sync(0xffffffffu, tag, 0), __shfl_sync(0xffffffffu, valid, 0)};
+  };
+  const auto release = [&](const Ring& at) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar + 8 * stage);
-    if (++stage == C::kStages) stage = 0, phase ^= 1;
+    if (lane == 0) mbar_arrive(empty_bar + 8 * at.stage);
+  };
+
+  // The loop looks at its stage at the top and releases it at the bottom: a loop that carried
+  // the following stage's look over to the next iteration (looking and releasing in both
+  // branches) made ptxas serialize every wgmma (C7520, compiler-inserted warpgroup.arrive on a
+  // divergent path).
+  Ring at;
+  while (true) {
+    const StageInfo cur = look(at);
+    if (cur.tag & C::kEnd) break;
+    if (cur.tag & my_bit) {
+      const uint32_t k0 = ring + at.stage * C::kStageBytes;
+      if (cur.tag & my_bit << C::kPairShift) {
+        // One 128-key step with the next stage. Holding this stage while waiting for that one
+        // cannot deadlock: the producer fills stages in ring order, and the next one needs only
+        // stages that every consumer released before this one.
+        Ring nx = at;
+        nx.advance();
+        const StageInfo next = look(nx);
+        const uint32_t k1 = ring + nx.stage * C::kStageBytes;
+        attend_key_blocks<D, T, 2>(acc, row_max, row_sum, q, {k0, k1},
+                                   {k0 + C::kTileBytes, k1 + C::kTileBytes},
+                                   {cur.valid, next.valid}, p.scale_log2, lane);
+        release(at);
+        at = nx;
+      } else {
+        attend_key_blocks<D, T, 1>(acc, row_max, row_sum, q, {k0}, {k0 + C::kTileBytes},
+                                   {cur.valid}, p.scale_log2, lane);
+      }
+    }
+    release(at);
+    at.advance();
   }
 
   if (my_qb >= p.num_q_blocks) return;

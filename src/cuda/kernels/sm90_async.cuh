@@ -1,5 +1,6 @@
 // Hopper asynchronous-copy primitives: mbarrier (shared-memory transaction barriers), TMA tile
-// loads (cp.async.bulk.tensor). sm_90a only;
+// loads (cp.async.bulk.tensor), and the named CTA barriers the warp-specialised kernel's warpgroups
+// use among themselves. sm_90a only;
 // other targets get empty bodies (the kernels using them are never launched there).
 #pragma once
 #include <cstdint>
@@ -62,6 +63,21 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
 #if VEDA_SM90A
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tensor_map))
                : "memory");
+#endif
+}
+
+// Warpgroup register reallocation (every thread of the warpgroup executes it): the producer
+// warpgroup gives registers back, the consumer warpgroups take them.
+template <uint32_t N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if VEDA_SM90A
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <uint32_t N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if VEDA_SM90A
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 
