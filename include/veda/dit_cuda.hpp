@@ -22,7 +22,7 @@ namespace veda {
 struct WanCudaOptions {
   SelfAttentionMode attention = SelfAttentionMode::kDense;
   double density = 0.05;          // veda mode: share of key tiles per query tile (top-k)
-  TileShape tile_shape{4, 4, 4};  // every head (dense mode uses it too)
+  TileShape tile_shape{4, 4, 4};  // veda mode: every head's tile (dense: kTokenBlock, token order)
   ScoreMethod score = ScoreMethod::kStats;  // veda mode: kMean or kStats
   // Veda mode, optional: the layers the profile covers use its per-head tile shapes, its split of
   // `density` and its fitted estimators (GpuSelector kEstimator); the others use the fields above.

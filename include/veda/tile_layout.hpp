@@ -33,6 +33,13 @@ struct TileShape {
   bool operator==(const TileShape&) const = default;
 };
 
+// Dense attention needs no locality, so it takes the tokens in their own order, in blocks of
+// kTokenBlock.volume() (the grid flattened to 1 x 1 x tokens): only the last block is padded.
+// 3D tiles pad every ragged edge, and a dense pass pays for the padding squared (18% of the slots
+// at 4x4x4 on 21x45x80: 1.49x the work).
+inline constexpr TileShape kTokenBlock{1, 1, 128};
+inline Grid token_order_grid(const Grid& grid) { return Grid{1, 1, int(grid.tokens())}; }
+
 inline constexpr int kDefaultTileVolume = 64;
 
 // One head's layout.

@@ -521,9 +521,12 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
       return unsupported("CUDA DiT: veda mode scores with 'stats' or 'mean' only");
     so.method = o.score == ScoreMethod::kMean ? GpuScoreMethod::kMean : GpuScoreMethod::kStats;
   }
-  VEDA_ASSIGN_OR_RETURN(AttentionPlan base,
-                        make_attention_plan(grid, std::vector<TileShape>(size_t(H), o.tile_shape),
-                                            veda ? &sel : nullptr, so));
+  // Dense mode: tokens in their own order (kTokenBlock), veda mode: tiles of o.tile_shape.
+  VEDA_ASSIGN_OR_RETURN(
+      AttentionPlan base,
+      veda ? make_attention_plan(grid, std::vector<TileShape>(size_t(H), o.tile_shape), &sel, so)
+           : make_attention_plan(token_order_grid(grid), std::vector<TileShape>(size_t(H), kTokenBlock),
+                                 nullptr, so));
   fb->plans.push_back(std::move(base));
   fb->layer_plan.assign(size_t(layers), 0);
   if (veda && o.profile) {

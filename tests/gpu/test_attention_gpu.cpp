@@ -116,6 +116,20 @@ TEST(AttentionGpuLayouts, Volume128WithPrefix) {
       }
 }
 
+// The DiT's dense layout: token order in 128-token blocks, the last one ragged (16x16x28 = 7,168
+// tokens = 56 full blocks; 15x16x28 leaves 80 tokens in the last).
+TEST(AttentionGpuLayouts, TokenOrderBlocks) {
+  SKIP_WITHOUT_GPU();
+  for (const Grid video : {Grid{16, 16, 28}, Grid{15, 16, 28}}) {
+    const Grid grid = token_order_grid(video);
+    auto layouts = HeadLayouts::uniform(grid, 0, 2, kTokenBlock);
+    ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+    for (double dens : {1.0, 0.1})
+      for (const char* kernel : {static_cast<const char*>(nullptr), "sm90", "sm80"})
+        run_case(Case{grid, 128, DType::kBF16, 2, dens, 0.0}, *layouts, 41, kernel);
+  }
+}
+
 // Heads with different tile shapes have different tile counts: tiles past a head's own count are
 // empty (valid 0) and must come out as zeros.
 TEST(AttentionGpuLayouts, PerHeadShapes) {

@@ -130,8 +130,13 @@ Status run_bench(const BenchOptions& opt) {
   } else if (!o.preset.empty()) {
     return invalid_argument("unknown preset '" + o.preset + "' (wan1.3b-480p, wan14b-720p)");
   }
-  VEDA_ASSIGN_OR_RETURN(Grid grid, Grid::parse(o.grid));
-  VEDA_ASSIGN_OR_RETURN(TileShape shape, TileShape::parse(o.tile));
+  VEDA_ASSIGN_OR_RETURN(const Grid video_grid, Grid::parse(o.grid));
+  // "tokens": the layout of the DiT's dense mode (token order, kTokenBlock blocks).
+  const bool token_order = o.tile == "tokens";
+  const Grid grid = token_order ? token_order_grid(video_grid) : video_grid;
+  VEDA_ASSIGN_OR_RETURN(const TileShape shape,
+                        token_order ? Result<TileShape>(kTokenBlock) : TileShape::parse(o.tile));
+  const std::string tile_name = token_order ? o.tile : shape.str();
   VEDA_ASSIGN_OR_RETURN(DType dtype, parse_dtype(o.dtype == "bf16"  ? "BF16"
                                                  : o.dtype == "f16" ? "F16"
                                                                     : o.dtype));
@@ -143,7 +148,7 @@ Status run_bench(const BenchOptions& opt) {
   // One set of inputs for every density; masks are rebuilt per density.
   VEDA_ASSIGN_OR_RETURN(auto base, cuda_check::DeviceProblem::make(
                                        o.batch, layouts, int(o.head_dim), dtype, nullptr, o.seed));
-  Table table{{"B", "H", "grid", "D", "dtype", "mask", "density", "kernel", "ms (median)",
+  Table table{{"B", "H", "grid", "tile", "D", "dtype", "mask", "density", "kernel", "ms (median)",
                "ms (min)", "TFLOP/s actual", "TFLOP/s dense-eq", "select ms", "select %",
                "verify"},
               {}};
@@ -219,7 +224,8 @@ Status run_bench(const BenchOptions& opt) {
     }
     const double tf_actual = flops.actual / (median * 1e-3) / 1e12;
     const double tf_dense = flops.dense / (median * 1e-3) / 1e12;
-    table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), grid.str(),
+    table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), video_grid.str(),
+                          tile_name,
                           fmt::format("{}", o.head_dim), o.dtype, dense ? "dense" : o.mask,
                           fmt::format("{:.4f}", actual_density), kernel,
                           fmt::format("{:.3f}", median), fmt::format("{:.3f}", best),
@@ -230,8 +236,8 @@ Status run_bench(const BenchOptions& opt) {
     rows.push_back({{"device", device},
                     {"batch", o.batch},
                     {"heads", o.heads},
-                    {"grid", grid.str()},
-                    {"tile", shape.str()},
+                    {"grid", video_grid.str()},
+                    {"tile", tile_name},
                     {"head_dim", o.head_dim},
                     {"dtype", o.dtype},
                     {"mask", dense ? "dense" : o.mask},
@@ -269,7 +275,10 @@ RunFn setup_bench_attention(CLI::App& sub) {
   sub.add_option("--heads", opt->heads, "heads")->capture_default_str();
   sub.add_option("--grid", opt->grid, "video grid TxHxW")->capture_default_str();
   sub.add_option("--head-dim", opt->head_dim, "64 or 128")->capture_default_str();
-  sub.add_option("--tile", opt->tile, "tile shape TxHxW (volume 64 or 128)")->capture_default_str();
+  sub.add_option("--tile", opt->tile,
+                 "tile shape TxHxW (volume 64 or 128), or tokens: token order in 128-token blocks "
+                 "(the DiT's dense layout)")
+      ->capture_default_str();
   sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")
       ->capture_default_str();
   sub.add_option("--density", opt->densities, "comma-separated densities; 1.0 = dense")

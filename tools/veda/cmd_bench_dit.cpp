@@ -128,9 +128,11 @@ Status run_bench_dit(const BenchDitArgs& args) {
   VEDA_ASSIGN_OR_RETURN(ScoreMethod score, parse_score_method(args.score));
   const Grid grid{preset.frames / c.patch_t, preset.height / c.patch_h, preset.width / c.patch_w};
   fmt::print("bench dit: {} on {}\n  dim {}, {} heads x {}, ffn {}, {} of {} layers, grid {} = {} "
-             "tokens, {} text tokens, batch 1, tile {}, density {}\n",
+             "tokens, {} text tokens, batch 1, veda tile {} at density {} (dense: token order, "
+             "{}-token blocks)\n",
              args.preset, device, c.dim(), c.num_heads, c.head_dim, c.ffn_dim, layers,
-             c.num_layers, grid.str(), grid.tokens(), args.text_tokens, tile.str(), args.density);
+             c.num_layers, grid.str(), grid.tokens(), args.text_tokens, tile.str(), args.density,
+             kTokenBlock.volume());
 
   VEDA_ASSIGN_OR_RETURN(WanCudaModel model, WanCudaModel::random(c, args.seed, layers));
   fmt::print("  random weights: {:.2f} GB bf16 on the device\n", double(model.weight_bytes()) / 1e9);
@@ -143,9 +145,9 @@ Status run_bench_dit(const BenchDitArgs& args) {
 
   WanCudaOptions dense;
   dense.attention = SelfAttentionMode::kDense;
-  dense.tile_shape = tile;
   WanCudaOptions sparse = dense;
   sparse.attention = SelfAttentionMode::kVeda;
+  sparse.tile_shape = tile;
   sparse.density = args.density;
   sparse.score = score;
   VEDA_ASSIGN_OR_RETURN(ModeResult d, time_mode(model, x, text, dense, args, "dense"));
