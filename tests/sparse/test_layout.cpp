@@ -133,6 +133,20 @@ TEST(TileLayoutTest, RaggedEdgeCounts) {
   EXPECT_EQ(total, with_prefix->tokens());
 }
 
+TEST(TileLayoutTest, TokenOrderBlocks) {
+  // The dense layout: 15x16x28 = 6,720 tokens in order, 52 full 128-token blocks and one of 64.
+  const Grid grid = token_order_grid({15, 16, 28});
+  EXPECT_EQ(grid, (Grid{1, 1, 6720}));
+  auto layout = TileLayout::make(grid, 0, kTokenBlock);
+  ASSERT_TRUE(layout.is_ok()) << layout.status().to_string();
+  EXPECT_EQ(layout->num_tiles(), 53);
+  EXPECT_EQ(layout->padded_tokens(), 53 * 128);
+  EXPECT_EQ(layout->tile_valid()[51], 128);
+  EXPECT_EQ(layout->tile_valid().back(), 64);
+  for (int64_t s = 0; s < layout->padded_tokens(); ++s)  // slot = token, padding only at the end
+    ASSERT_EQ(layout->slot_token()[size_t(s)], s < 6720 ? int32_t(s) : -1) << "slot " << s;
+}
+
 TEST(TileLayoutTest, RejectsBadArguments) {
   EXPECT_EQ(TileLayout::make({4, 4, 4}, 0, {4, 4, 2}).status().code(),
             ErrorCode::kInvalidArgument);                            // volume 32
