@@ -76,7 +76,8 @@ def main():
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--json", default="")
     ap.add_argument("--tiles", default="4x4x4",
-                    help="comma-separated Veda tile shapes (4x4x8: 128-token tiles, as Flex's blocks)")
+                    help="comma-separated Veda tile shapes (4x4x8: 128-token 3D tiles; tokens: token "
+                         "order in 128-token blocks, Flex's own layout)")
     args = ap.parse_args()
     tiles = args.tiles.split(",")
     densities = [float(d) for d in args.densities.split(",")]

@@ -27,7 +27,7 @@ filter='Shapes/AttentionGpu.*:AttentionGpuLayouts.*:AttentionGpuErrors.*'
 timeout 330 ./build-gpu/tests/test_gpu --gtest_filter="$filter" > "$LOG/test.log" 2>&1
 echo "attention tests rc=$? at ${SECONDS}s: $(grep -cE '^\[       OK' "$LOG/test.log") ok, $(grep -cE '^\[  FAILED' "$LOG/test.log") failed"
 grep -E "^\[  FAILED|Failure|Expected|timeout" "$LOG/test.log" | head -12
-OUT=$LOG timeout 240 bash scripts/gpu_sanitize.sh \
+OUT=$LOG timeout 480 bash scripts/gpu_sanitize.sh \
   "Shapes/AttentionGpu.MatchesReference/g16x16x28_d64_bf16_b1_dens5_empty:AttentionGpuLayouts.AllRowsEmpty:AttentionGpuLayouts.PerHeadShapes"
 grep -m1 -A12 "Race reported\|Error:" "$LOG/sanitize_racecheck.log" | head -14
 echo "sanitizers done at ${SECONDS}s"

@@ -39,7 +39,7 @@ struct WanCudaOptions {
 // Device milliseconds of one forward (CUDA events), excluding host<->device copies of the
 // inputs and output.
 struct WanCudaTimings {
-  double self_attention_ms = 0;   // q/k/v to tile order, selection, attention, scatter
+  double self_attention_ms = 0;   // selection, attention, scatter (norm/RoPE/layout: other)
   double cross_attention_ms = 0;  // attention over the text tokens (projections are GEMMs)
   double gemm_ms = 0;             // every linear layer
   double other_ms = 0;            // norms, RoPE, activations, modulation, residuals, patchify

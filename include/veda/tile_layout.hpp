@@ -38,7 +38,8 @@ struct TileShape {
 // 3D tiles pad every ragged edge, and a dense pass pays for the padding squared (18% of the slots
 // at 4x4x4 on 21x45x80: 1.49x the work).
 inline constexpr TileShape kTokenBlock{1, 1, 128};
-inline Grid token_order_grid(const Grid& grid) { return Grid{1, 1, int(grid.tokens())}; }
+// The grid flattened to 1 x 1 x tokens; an error past the int32 token range.
+Result<Grid> token_order_grid(const Grid& grid);
 
 inline constexpr int kDefaultTileVolume = 64;
 

@@ -486,9 +486,10 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
                                    const WanCudaOptions& o) {
   ForwardBuffers* cur = buffers.get();
   if (cur && cur->batch == batch && cur->grid == grid && cur->text_tokens == text_tokens &&
-      cur->shape == o.tile_shape && cur->mode == o.attention &&
-      (o.attention == SelfAttentionMode::kDense ||
-       (cur->density == o.density && cur->score == o.score && cur->profile == o.profile.get()))) {
+      cur->mode == o.attention &&
+      (o.attention == SelfAttentionMode::kDense ||  // dense: token order, no tile shape
+       (cur->shape == o.tile_shape && cur->density == o.density && cur->score == o.score &&
+        cur->profile == o.profile.get()))) {
     return Status::ok();
   }
   buffers.reset();  // free the old set first (memory)
@@ -522,10 +523,11 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
     so.method = o.score == ScoreMethod::kMean ? GpuScoreMethod::kMean : GpuScoreMethod::kStats;
   }
   // Dense mode: tokens in their own order (kTokenBlock), veda mode: tiles of o.tile_shape.
+  VEDA_ASSIGN_OR_RETURN(const Grid token_grid, token_order_grid(grid));
   VEDA_ASSIGN_OR_RETURN(
       AttentionPlan base,
       veda ? make_attention_plan(grid, std::vector<TileShape>(size_t(H), o.tile_shape), &sel, so)
-           : make_attention_plan(token_order_grid(grid), std::vector<TileShape>(size_t(H), kTokenBlock),
+           : make_attention_plan(token_grid, std::vector<TileShape>(size_t(H), kTokenBlock),
                                  nullptr, so));
   fb->plans.push_back(std::move(base));
   fb->layer_plan.assign(size_t(layers), 0);
@@ -628,8 +630,9 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   const bool veda = fb.mode == SelfAttentionMode::kVeda;
   const float* rope = fb.rope.as<float>();
   const auto* rope2 = reinterpret_cast<const float2*>(rope);
-  // RMSNorm across heads + RoPE, written straight to tile order (padding slots stay zero); the
-  // selector reads its tile statistics from there, so no gather pass is needed.
+  // RMSNorm across heads + RoPE, written straight to the plan's layout; padding slots hold zeros,
+  // or another plan's finite values (profile layers share the buffers), and the kernels only need
+  // them finite. The selector reads its tile statistics from there: no gather pass.
   const int32_t* slot = plan.token_slot.as<int32_t>();
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
   VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q_tiled.data(), fb.batch, fb.tokens, H, D, true,

@@ -1,8 +1,6 @@
 // Kernel translation unit of the GPU tile selection: launchers for the gather/statistics and
 // centre kernels (kernels/selection_gather_stats.cuh) and the top-k kernel
 // (kernels/selection_topk.cuh).
-#include <algorithm>
-
 #include "cuda/kernels/selection_gather_stats.cuh"
 #include "cuda/kernels/selection_topk.cuh"
 #include "cuda/selection_launch.hpp"

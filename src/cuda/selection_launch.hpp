@@ -101,7 +101,7 @@ cudaError_t launch_gather_stats(const GatherStatsLaunch& launch, Elem elem, int 
 // center[b, h] = mean k features of a few evenly spaced tiles of head h (p: the k tensor).
 cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info, float* center,
                           Elem elem, int batch, cudaStream_t stream);
-// Shared memory the top-k kernel needs per row (one warp a row); 0 if max_tiles is too large.
+// Shared memory the top-k kernel needs per row (one CTA a row); 0 if max_tiles is too large.
 size_t topk_smem_per_row(int max_tiles);
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream);
 

@@ -40,6 +40,15 @@ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 std::string Grid::str() const { return fmt::format("{}x{}x{}", t, h, w); }
 
+Result<Grid> token_order_grid(const Grid& grid) {
+  if (grid.t <= 0 || grid.h <= 0 || grid.w <= 0)
+    return invalid_argument(fmt::format("grid {} must have positive extents", grid.str()));
+  if (grid.tokens() > std::numeric_limits<int32_t>::max())
+    return invalid_argument(fmt::format("grid {} has {} tokens, more than the int32 token index range",
+                                        grid.str(), grid.tokens()));
+  return Grid{1, 1, int(grid.tokens())};
+}
+
 Result<Grid> Grid::parse(std::string_view text) {
   VEDA_ASSIGN_OR_RETURN(auto v, parse_triple(text, "grid"));
   return Grid{v[0], v[1], v[2]};

@@ -117,11 +117,13 @@ TEST(AttentionGpuLayouts, Volume128WithPrefix) {
 }
 
 // The DiT's dense layout: token order in 128-token blocks, the last one ragged (16x16x28 = 7,168
-// tokens = 56 full blocks; 15x16x28 leaves 80 tokens in the last).
+// tokens = 56 full blocks; 15x16x28 = 6,720 leaves 64 tokens in the last).
 TEST(AttentionGpuLayouts, TokenOrderBlocks) {
   SKIP_WITHOUT_GPU();
   for (const Grid video : {Grid{16, 16, 28}, Grid{15, 16, 28}}) {
-    const Grid grid = token_order_grid(video);
+    auto flat = token_order_grid(video);
+    ASSERT_TRUE(flat.is_ok()) << flat.status().to_string();
+    const Grid grid = *flat;
     auto layouts = HeadLayouts::uniform(grid, 0, 2, kTokenBlock);
     ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
     for (double dens : {1.0, 0.1})

@@ -135,8 +135,11 @@ TEST(TileLayoutTest, RaggedEdgeCounts) {
 
 TEST(TileLayoutTest, TokenOrderBlocks) {
   // The dense layout: 15x16x28 = 6,720 tokens in order, 52 full 128-token blocks and one of 64.
-  const Grid grid = token_order_grid({15, 16, 28});
+  auto flat = token_order_grid({15, 16, 28});
+  ASSERT_TRUE(flat.is_ok());
+  const Grid grid = *flat;
   EXPECT_EQ(grid, (Grid{1, 1, 6720}));
+  EXPECT_FALSE(token_order_grid({2048, 2048, 1024}).is_ok());  // 2^32 tokens
   auto layout = TileLayout::make(grid, 0, kTokenBlock);
   ASSERT_TRUE(layout.is_ok()) << layout.status().to_string();
   EXPECT_EQ(layout->num_tiles(), 53);

@@ -133,7 +133,8 @@ Status run_bench(const BenchOptions& opt) {
   VEDA_ASSIGN_OR_RETURN(const Grid video_grid, Grid::parse(o.grid));
   // "tokens": the layout of the DiT's dense mode (token order, kTokenBlock blocks).
   const bool token_order = o.tile == "tokens";
-  const Grid grid = token_order ? token_order_grid(video_grid) : video_grid;
+  VEDA_ASSIGN_OR_RETURN(const Grid grid,
+                        token_order ? token_order_grid(video_grid) : Result<Grid>(video_grid));
   VEDA_ASSIGN_OR_RETURN(const TileShape shape,
                         token_order ? Result<TileShape>(kTokenBlock) : TileShape::parse(o.tile));
   const std::string tile_name = token_order ? o.tile : shape.str();

@@ -26,7 +26,7 @@
 //
 // TMA loads whole 64-row blocks: padding rows of ragged key tiles are read as stored. Their
 // scores are masked to -inf and their probabilities are exactly zero, so any finite padding is
-// harmless; the layout's gather writes zeros there (attention_cuda documents the requirement).
+// harmless (attention_cuda documents the requirement).
 //
 // Tried and dropped (docs/perf-notes.md): FA3's intra-warpgroup overlap (S of the next block
 // issued before P V of this one) ran 5-15% slower here; consumers walking the union themselves

@@ -1,6 +1,5 @@
 // Hopper asynchronous-copy primitives: mbarrier (shared-memory transaction barriers), TMA tile
-// loads (cp.async.bulk.tensor), and the named CTA barriers the warp-specialised kernel's warpgroups
-// use among themselves. sm_90a only;
+// loads (cp.async.bulk.tensor), and warpgroup register reallocation (setmaxnreg). sm_90a only;
 // other targets get empty bodies (the kernels using them are never launched there).
 #pragma once
 #include <cstdint>
