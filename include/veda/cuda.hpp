@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "veda/attention.hpp"
@@ -60,6 +61,14 @@ class DeviceBuffer {
 
 Status copy_to_device(void* dst, const void* src, size_t bytes);
 Status copy_to_host(void* dst, const void* src, size_t bytes);
+
+// A device copy of a host vector (empty: an empty buffer).
+template <class T>
+Result<DeviceBuffer> upload_to_device(const std::vector<T>& v) {
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(sizeof(T) * v.size()));
+  if (!v.empty()) VEDA_RETURN_IF_ERROR(copy_to_device(buf.data(), v.data(), sizeof(T) * v.size()));
+  return Result<DeviceBuffer>(std::move(buf));
+}
 // Fill with a byte pattern (0xFF in f16/bf16 is NaN: the poison for outputs).
 Status fill_device_bytes(void* dst, int byte, size_t bytes);
 // n values of `dtype` (f16/bf16/f32), uniform in [lo, hi), from a counter-based hash of `seed`.

@@ -330,12 +330,6 @@ std::vector<float> rope_table(Grid grid, int head_dim) {
   return table;
 }
 
-Result<DeviceBuffer> upload(const void* data, size_t bytes) {
-  VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(bytes));
-  VEDA_RETURN_IF_ERROR(copy_to_device(buf.data(), data, bytes));
-  return Result<DeviceBuffer>(std::move(buf));
-}
-
 Result<DeviceBuffer> zeros(size_t bytes) {
   VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(bytes));
   VEDA_CUDA_CHECK(cudaMemset(buf.data(), 0, bytes));
@@ -423,9 +417,9 @@ Result<AttentionPlan> make_attention_plan(Grid grid, const std::vector<TileShape
     for (int64_t s = 0; s < int64_t(slots.size()); ++s)
       if (slots[s] >= 0) token_slot[size_t(h * tokens + slots[s])] = int32_t(s);
   }
-  VEDA_ASSIGN_OR_RETURN(plan.token_slot, upload(token_slot.data(), token_slot.size() * 4));
+  VEDA_ASSIGN_OR_RETURN(plan.token_slot, upload_to_device(token_slot));
   VEDA_ASSIGN_OR_RETURN(plan.tile_valid,
-                        upload(lay.valid_table().data(), lay.valid_table().size() * 4));
+                        upload_to_device(lay.valid_table()));
   if (selection) {
     VEDA_ASSIGN_OR_RETURN(plan.selector, GpuSelector::make(lay, *selection, so));
     plan.max_k = plan.selector.max_k();
@@ -524,11 +518,11 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   }
   // Dense mode: tokens in their own order (kTokenBlock), veda mode: tiles of o.tile_shape.
   VEDA_ASSIGN_OR_RETURN(const Grid token_grid, token_order_grid(grid));
-  VEDA_ASSIGN_OR_RETURN(
-      AttentionPlan base,
-      veda ? make_attention_plan(grid, std::vector<TileShape>(size_t(H), o.tile_shape), &sel, so)
-           : make_attention_plan(token_grid, std::vector<TileShape>(size_t(H), kTokenBlock),
-                                 nullptr, so));
+  VEDA_ASSIGN_OR_RETURN(AttentionPlan base,
+                        make_attention_plan(veda ? grid : token_grid,
+                                            std::vector<TileShape>(size_t(H), veda ? o.tile_shape
+                                                                                   : kTokenBlock),
+                                            veda ? &sel : nullptr, so));
   fb->plans.push_back(std::move(base));
   fb->layer_plan.assign(size_t(layers), 0);
   if (veda && o.profile) {
@@ -596,7 +590,7 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   VEDA_ASSIGN_OR_RETURN(fb->v_tiled, zeros(tiled_bytes));
   VEDA_ASSIGN_OR_RETURN(fb->o_tiled, zeros(tiled_bytes));
   const std::vector<float> rope = rope_table(grid, int(D));
-  VEDA_ASSIGN_OR_RETURN(fb->rope, upload(rope.data(), rope.size() * 4));
+  VEDA_ASSIGN_OR_RETURN(fb->rope, upload_to_device(rope));
   if (veda) {
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
@@ -614,9 +608,9 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
     std::vector<int32_t> counts(size_t(batch * H * fb->cross_tiles), fb->cross_k_tiles);
     std::vector<int32_t> indices(counts.size() * size_t(fb->cross_k_tiles));
     for (size_t i = 0; i < indices.size(); ++i) indices[i] = int32_t(i % fb->cross_k_tiles);
-    VEDA_ASSIGN_OR_RETURN(fb->cross_valid, upload(valid.data(), valid.size() * 4));
-    VEDA_ASSIGN_OR_RETURN(fb->cross_counts, upload(counts.data(), counts.size() * 4));
-    VEDA_ASSIGN_OR_RETURN(fb->cross_indices, upload(indices.data(), indices.size() * 4));
+    VEDA_ASSIGN_OR_RETURN(fb->cross_valid, upload_to_device(valid));
+    VEDA_ASSIGN_OR_RETURN(fb->cross_counts, upload_to_device(counts));
+    VEDA_ASSIGN_OR_RETURN(fb->cross_indices, upload_to_device(indices));
   }
   VEDA_CUDA_CHECK(cudaDeviceSynchronize());
   buffers = std::move(fb);

@@ -39,13 +39,6 @@ namespace {
 
 namespace sel = cuda::sel;
 
-template <class T>
-Result<DeviceBuffer> upload(const std::vector<T>& v) {
-  VEDA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(sizeof(T) * v.size()));
-  if (!v.empty()) VEDA_RETURN_IF_ERROR(copy_to_device(buf.data(), v.data(), sizeof(T) * v.size()));
-  return Result<DeviceBuffer>(std::move(buf));
-}
-
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 }  // namespace
@@ -354,13 +347,13 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     info[h].bias_abs = float(b * (1 + 1e-6));
   }
 
-  VEDA_ASSIGN_OR_RETURN(im.slot_token, upload(slots));
-  VEDA_ASSIGN_OR_RETURN(im.valid, upload(layouts.valid_table()));
-  VEDA_ASSIGN_OR_RETURN(im.info, upload(info));
-  VEDA_ASSIGN_OR_RETURN(im.key_bias, upload(key_bias));
-  VEDA_ASSIGN_OR_RETURN(im.distance, upload(distance));
-  VEDA_ASSIGN_OR_RETURN(im.key_coords, upload(key_coords));
-  VEDA_ASSIGN_OR_RETURN(im.head_weights, upload(weights));
+  VEDA_ASSIGN_OR_RETURN(im.slot_token, upload_to_device(slots));
+  VEDA_ASSIGN_OR_RETURN(im.valid, upload_to_device(layouts.valid_table()));
+  VEDA_ASSIGN_OR_RETURN(im.info, upload_to_device(info));
+  VEDA_ASSIGN_OR_RETURN(im.key_bias, upload_to_device(key_bias));
+  VEDA_ASSIGN_OR_RETURN(im.distance, upload_to_device(distance));
+  VEDA_ASSIGN_OR_RETURN(im.key_coords, upload_to_device(key_coords));
+  VEDA_ASSIGN_OR_RETURN(im.head_weights, upload_to_device(weights));
   VEDA_CUBLAS_CHECK(cublasLtCreate(&im.lt));
   VEDA_ASSIGN_OR_RETURN(im.workspace, DeviceBuffer::allocate(kWorkspaceBytes));
   return Result<GpuSelector>(std::move(out));
