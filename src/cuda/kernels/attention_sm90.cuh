@@ -59,19 +59,17 @@ struct CopyPlan90 {
   }
 };
 
-// Descriptor of k-step kk (columns 16kk..16kk+15) of a 64-row K-major tile in the layout above.
-__device__ __forceinline__ uint64_t kmajor_desc(uint32_t tile, int kk) {
-  return smem_desc_128b(tile + (kk >> 2) * 8192 + (kk & 3) * 32, 16, 1024);
-}
-
 // S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps), Q as register A
-// fragments.
+// fragments. k-step kk (columns 16kk..16kk+15) of the K-major tile in the layout above starts
+// (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it.
 template <int D, class T>
 __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
                                        uint32_t k_stage) {
+  const uint64_t desc = smem_desc_128b(k_stage, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<64, T>(s, q[kk], kmajor_desc(k_stage, kk), kk > 0 ? 1 : 0);
+    wgmma_rs_s<64, T>(s, q[kk], desc_advance(desc, (kk >> 2) * 8192 + (kk & 3) * 32),
+                      kk > 0 ? 1 : 0);
 }
 
 // Q rows of one 64-row block straight from global memory into wgmma A fragments: warp w of the
@@ -187,26 +185,47 @@ __device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB]
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
   wgmma_fence();
+  uint64_t desc[NB];
+  bool full = true;
 #pragma unroll
-  for (int b = 0; b < NB; ++b)
+  for (int b = 0; b < NB; ++b) {
+    desc[b] = smem_desc_128b(v_tile[b], 8192, 1024);
+    full = full && valid[b] == 64;
+  }
+  if (full) {  // every block whole: no per-k-step branch (or the arrive ptxas adds to each)
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      if (t * 16 < valid[b])  // warpgroup-uniform: P is zero past the valid keys
-        wgmma_rs_tb<D, T>(acc, pf[b][t], smem_desc_128b(v_tile[b] + t * 2048, 8192, 1024));
-    }
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc[b], t * 2048));
+  } else {
+#pragma unroll
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        if (t * 16 < valid[b])  // warpgroup-uniform: P is zero past the valid keys
+          wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc[b], t * 2048));
+      }
+  }
   wgmma_commit();
 }
 
+// No turns: the softmax runs as soon as S is ready.
+struct NoSoftmaxTurn {
+  __device__ __forceinline__ void begin() const {}
+  __device__ __forceinline__ void end() const {}
+};
+
 // The pieces in order, each product waited for: one step start to finish. S lives only within
-// the step (the first wgmma of each block overwrites it: scale_d = 0).
-template <int D, class T, int NB>
+// the step (the first wgmma of each block overwrites it: scale_d = 0). `turn` brackets the
+// softmax (the warp-specialised kernel's warpgroups take it in turns, see there).
+template <int D, class T, int NB, class Turn = NoSoftmaxTurn>
 __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&row_max)[2],
                                                   float (&row_sum)[2],
                                                   const uint32_t (&q)[D / 16][4],
                                                   const uint32_t (&k_tile)[NB],
                                                   const uint32_t (&v_tile)[NB],
                                                   const int (&valid)[NB], float scale_log2,
-                                                  int lane) {
+                                                  int lane, const Turn& turn = {}) {
   float s[NB][32];
   issue_s<D, T, NB>(s, q, k_tile);
   wgmma_wait<0>();
@@ -214,8 +233,10 @@ __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&r
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
   uint32_t pf[NB][4][4];
   float alpha[2];
+  turn.begin();
   softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
   rescale<D>(acc, alpha);
+  turn.end();
   issue_pv<D, T, NB>(acc, pf, v_tile, valid);
   wgmma_wait<0>();
   fence_operands(acc);

@@ -29,10 +29,11 @@
 // harmless (attention_cuda documents the requirement).
 //
 // Tried and dropped (docs/perf-notes.md): FA3's intra-warpgroup overlap (S of the next block
-// issued before P V of this one) ran 5-15% slower here; consumers walking the union themselves
-// instead of reading tags put dependent global loads on their critical path (25% slower); FA3's
-// ping-pong of the two consumer warpgroups (named barriers, turns at the tensor cores) ran 9-11%
-// slower dense.
+// issued before P V of this one) ran 0.88-1.01x; consumers walking the union themselves instead
+// of reading tags put dependent global loads on their critical path (25% slower); FA3's ping-pong
+// with the turns at the tensor cores (a turn from one step's P V to the next step's S) ran 9-11%
+// slower dense (turns around the softmax instead, SoftmaxTurn, are kept); a 7-stage ring (224 KB)
+// instead of 6: 0.95-1.0x.
 #pragma once
 #include <cuda.h>
 
@@ -55,10 +56,30 @@ struct WsConfig {
   // 65,536): two S accumulators, O, P and Q's A fragments.
   static constexpr int kThreads = 384;
   static constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
-  // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c needs the next stage too
-  // and takes both as one 128-key step; kEnd alone, the stream ends here.
+  // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c starts a step here and
+  // takes the next stage too, as one 128-key step; kTurn, both start a step of the same length
+  // here and take their softmaxes in turn (SoftmaxTurn); kEnd alone, the stream ends here.
   static constexpr uint32_t kPairShift = 2;
+  static constexpr uint32_t kTurn = 1u << 4;
   static constexpr uint32_t kEnd = 0x80000000u;
+};
+
+// FlashAttention-3's ping-pong, applied to the softmax: on a step that both consumer warpgroups
+// start at the same stage with the same length, warpgroup 0 runs its softmax, then warpgroup 1,
+// then warpgroup 0 its next one, and so on, so that the two softmaxes do not compete for the
+// sub-partitions' issue slots and exp units and one warpgroup's products can run under the other's
+// softmax. Measured against no turns (H100, same call): +0-6% (wan14b token order: dense +3.7%,
+// 3% +6%; wan1.3b dense 0%). Named barrier 1 lets warpgroup 0 start, barrier 2 warpgroup 1
+// (256 threads: one warpgroup syncs, the other arrives).
+struct SoftmaxTurn {
+  bool on;
+  int c;
+  __device__ __forceinline__ void begin() const {
+    if (on) named_bar_sync(1 + c, 256);
+  }
+  __device__ __forceinline__ void end() const {
+    if (on) named_bar_arrive(2 - c, 256);
+  }
 };
 
 // The union of two ascending key lists (null list = every tile; count 0 = none), one listed tile
@@ -173,9 +194,14 @@ __global__ void __launch_bounds__(384, 1)
     cur.advance();
     KeyBlockStream next = cur;
     next.advance();
+    uint32_t second = 0;  // bit c: this stage is the second of consumer c's 128-key step
     for (; cur.need; cur = next, next.advance()) {
       mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
-      tags[at.stage] = cur.need | (cur.need & next.need) << C::kPairShift;
+      const uint32_t start = cur.need & ~second;  // consumers whose step starts here
+      const uint32_t pair = start & next.need;    // ... and takes the next stage too
+      const bool turn = start == 3u && (pair == 0u || pair == 3u);
+      tags[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u);
+      second = pair;
       valids[at.stage] = block_valid(cur.tile_valid, cur.sub);
       const uint32_t bar = full_bar + 8 * at.stage;
       mbar_arrive_expect_tx(bar, C::kStageBytes);
@@ -227,6 +253,8 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(empty_bar + 8 * at.stage);
   };
 
+  if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
+
   // The loop looks at its stage at the top and releases it at the bottom: a loop that carried
   // the following stage's look over to the next iteration (looking and releasing in both
   // branches) made ptxas serialize every wgmma (C7520, compiler-inserted warpgroup.arrive on a
@@ -237,6 +265,7 @@ __global__ void __launch_bounds__(384, 1)
     if (cur.tag & C::kEnd) break;
     if (cur.tag & my_bit) {
       const uint32_t k0 = ring + at.stage * C::kStageBytes;
+      const SoftmaxTurn turn{(cur.tag & C::kTurn) != 0, c};
       if (cur.tag & my_bit << C::kPairShift) {
         // One 128-key step with the next stage. Holding this stage while waiting for that one
         // cannot deadlock: the producer fills stages in ring order, and the next one needs only
@@ -247,17 +276,18 @@ __global__ void __launch_bounds__(384, 1)
         const uint32_t k1 = ring + nx.stage * C::kStageBytes;
         attend_key_blocks<D, T, 2>(acc, row_max, row_sum, q, {k0, k1},
                                    {k0 + C::kTileBytes, k1 + C::kTileBytes},
-                                   {cur.valid, next.valid}, p.scale_log2, lane);
+                                   {cur.valid, next.valid}, p.scale_log2, lane, turn);
         release(at);
         at = nx;
       } else {
         attend_key_blocks<D, T, 1>(acc, row_max, row_sum, q, {k0}, {k0 + C::kTileBytes},
-                                   {cur.valid}, p.scale_log2, lane);
+                                   {cur.valid}, p.scale_log2, lane, turn);
       }
     }
     release(at);
     at.advance();
   }
+  if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
 
   if (my_qb >= p.num_q_blocks) return;
   T* o_bh = static_cast<T*>(p.o) + b * p.o_bs + h * p.o_hs;

@@ -65,6 +65,15 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
 #endif
 }
 
+// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
+// sync waits for the count, arrive adds to it and goes on.
+__device__ __forceinline__ void named_bar_sync(uint32_t id, uint32_t threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Warpgroup register reallocation (every thread of the warpgroup executes it): the producer
 // warpgroup gives registers back, the consumer warpgroups take them.
 template <uint32_t N>
