@@ -50,6 +50,71 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// Online softmax over groups of four scores in the mma accumulator layout, shared by the mma.sync
+// and wgmma kernels: group g holds two columns of row 0 (elements 0, 1) and of row 1 (2, 3), and
+// the four lanes of a quad hold the rest of the two rows.
+
+// This thread's two row maxima over its groups and its quad.
+template <int G>
+__device__ __forceinline__ void quad_row_max(const float (&s)[G][4], float (&mx)[2]) {
+  mx[0] = mx[1] = -INFINITY;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[g][0], s[g][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[g][2], s[g][3]));
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+  }
+}
+
+// FlashAttention-4's conditional rescaling: a row's running max moves only when a block's max
+// exceeds it by more than 2^kStaleMaxLog2 in exp2 units, so most steps keep alpha = 1 and skip the
+// O rescale. Probabilities stay <= 2^8 (exact in fp16 / bf16 P, summed in f32), and O, the row sum
+// and the lse all use the same max, so the result is unchanged. Returns alpha, the factor for O
+// (the row sum is rescaled here); neg_m = -max * scale_log2, the exp2 offset of the block.
+inline constexpr float kStaleMaxLog2 = 8.f;
+__device__ __forceinline__ float update_row_max(float& row_max, float& row_sum, float mx,
+                                                float scale_log2, float& neg_m) {
+  float alpha = 1.f;
+  // Also true for the first finite max (row_max = -inf: alpha = 0); a row with no finite score
+  // yet (NaN difference) keeps -inf.
+  if ((mx - row_max) * scale_log2 > kStaleMaxLog2) {
+    alpha = fast_exp2((row_max - mx) * scale_log2);
+    row_max = mx;
+    row_sum *= alpha;
+  }
+  neg_m = row_max == -INFINITY ? 0.f : -row_max * scale_log2;
+  return alpha;
+}
+
+// Whether any lane of the warp must rescale its O rows (warp-uniform: the rescale is skipped as a
+// whole).
+__device__ __forceinline__ bool warp_needs_rescale(const float (&alpha)[2]) {
+  return __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f);
+}
+
+// P = exp2(s * scale_log2 + neg_m) packed as mma A fragments (groups 2k and 2k + 1 fill pf[k]),
+// added to the row sums.
+template <int G, class T>
+__device__ __forceinline__ void exp_pack(const float (&s)[G][4], const float (&neg_m)[2],
+                                         float scale_log2, float (&row_sum)[2],
+                                         uint32_t (&pf)[G / 2][4]) {
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float p0 = fast_exp2(fmaf(s[g][0], scale_log2, neg_m[0]));
+    const float p1 = fast_exp2(fmaf(s[g][1], scale_log2, neg_m[0]));
+    const float p2 = fast_exp2(fmaf(s[g][2], scale_log2, neg_m[1]));
+    const float p3 = fast_exp2(fmaf(s[g][3], scale_log2, neg_m[1]));
+    row_sum[0] += p0 + p1;
+    row_sum[1] += p2 + p3;
+    pf[g >> 1][(g & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
+    pf[g >> 1][(g & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
+  }
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

@@ -184,42 +184,21 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
               if (col >= cur_valid) s[n][e] = -INFINITY;
             }
         }
-        // Online softmax.
-        float mx[2] = {-INFINITY, -INFINITY};
+        // Online softmax (attention_common.cuh).
+        float mx[2], neg_m[2], alpha[2];
+        quad_row_max(s, mx);
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-          mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-        }
-        float neg_m[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-          const float m_new = fmaxf(row_max[i], mx[i]);
-          const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          const float alpha = fast_exp2((row_max[i] - m_use) * p.scale_log2);
-          row_max[i] = m_new;
-          row_sum[i] *= alpha;
+        for (int i = 0; i < 2; ++i)
+          alpha[i] = update_row_max(row_max[i], row_sum[i], mx[i], p.scale_log2, neg_m[i]);
+        if (warp_needs_rescale(alpha)) {
 #pragma unroll
           for (int c = 0; c < D / 8; ++c) {
-            acc[c][2 * i] *= alpha;
-            acc[c][2 * i + 1] *= alpha;
+            acc[c][0] *= alpha[0], acc[c][1] *= alpha[0];
+            acc[c][2] *= alpha[1], acc[c][3] *= alpha[1];
           }
-          neg_m[i] = -m_use * p.scale_log2;
         }
         uint32_t pf[4][4];  // P as A fragments, one per 16-key k-step
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const float p0 = fast_exp2(fmaf(s[n][0], p.scale_log2, neg_m[0]));
-          const float p1 = fast_exp2(fmaf(s[n][1], p.scale_log2, neg_m[0]));
-          const float p2 = fast_exp2(fmaf(s[n][2], p.scale_log2, neg_m[1]));
-          const float p3 = fast_exp2(fmaf(s[n][3], p.scale_log2, neg_m[1]));
-          row_sum[0] += p0 + p1;
-          row_sum[1] += p2 + p3;
-          pf[n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
-          pf[n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
-        }
+        exp_pack<8, T>(s, neg_m, p.scale_log2, row_sum, pf);
         // O += P V.
 #pragma unroll
         for (int t = 0; t < 4; ++t) {

@@ -96,10 +96,11 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 // block b real) of this warpgroup's 64 query rows, in pieces:
 //   issue_s         S = Q K^T, one 64x64 accumulator per block (K a 128B-swizzled shared-memory
 //                   tile), one commit group;
-//   softmax_blocks  mask each block past its valid keys, one new row max over the NB * 64 columns,
-//                   P = exp(S - max) packed as the next A operand, row sums, and the factor alpha by
-//                   which O must be rescaled before P V is added (one rescale per step);
-//   rescale         O *= alpha;
+//   softmax_blocks  mask each block past its valid keys, the row max over the NB * 64 columns
+//                   (kept while a new one is within 2^8: update_row_max), P = exp(S - max) packed
+//                   as the next A operand, row sums, and the factor alpha by which O must be
+//                   rescaled before P V is added;
+//   rescale         O *= alpha, skipped by a warp whose alphas are all 1;
 //   issue_pv        O += P V over the NB V tiles (transposed shared-memory operand), one commit
 //                   group, k-steps past a block's valid keys skipped.
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
@@ -132,39 +133,16 @@ __device__ __forceinline__ void softmax_blocks(float (&s)[NB][32], float (&row_m
         }
     }
   }
-  float mx[2] = {-INFINITY, -INFINITY};
+  // The blocks' scores as groups of four (attention_common.cuh): block b's columns 8n.. are group
+  // 8b + n, and its k-steps t are P fragments 4b + t.
+  auto& groups = reinterpret_cast<float(&)[NB * 8][4]>(s);
+  float mx[2], neg_m[2];
+  quad_row_max(groups, mx);
 #pragma unroll
-  for (int b = 0; b < NB; ++b)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[b][n * 4 + 0], s[b][n * 4 + 1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[b][n * 4 + 2], s[b][n * 4 + 3]));
-    }
-  float neg_m[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-    const float m_new = fmaxf(row_max[i], mx[i]);
-    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    alpha[i] = fast_exp2((row_max[i] - m_use) * scale_log2);
-    row_max[i] = m_new;
-    row_sum[i] *= alpha[i];
-    neg_m[i] = -m_use * scale_log2;
-  }
-#pragma unroll
-  for (int b = 0; b < NB; ++b)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      const float p0 = fast_exp2(fmaf(s[b][n * 4 + 0], scale_log2, neg_m[0]));
-      const float p1 = fast_exp2(fmaf(s[b][n * 4 + 1], scale_log2, neg_m[0]));
-      const float p2 = fast_exp2(fmaf(s[b][n * 4 + 2], scale_log2, neg_m[1]));
-      const float p3 = fast_exp2(fmaf(s[b][n * 4 + 3], scale_log2, neg_m[1]));
-      row_sum[0] += p0 + p1;
-      row_sum[1] += p2 + p3;
-      pf[b][n >> 1][(n & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
-      pf[b][n >> 1][(n & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
-    }
+  for (int i = 0; i < 2; ++i)
+    alpha[i] = update_row_max(row_max[i], row_sum[i], mx[i], scale_log2, neg_m[i]);
+  exp_pack<NB * 8, T>(groups, neg_m, scale_log2, row_sum,
+                      reinterpret_cast<uint32_t(&)[NB * 4][4]>(pf));
 }
 
 template <int D>
@@ -235,7 +213,7 @@ __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&r
   float alpha[2];
   turn.begin();
   softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
-  rescale<D>(acc, alpha);
+  if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
   turn.end();
   issue_pv<D, T, NB>(acc, pf, v_tile, valid);
   wgmma_wait<0>();
