@@ -38,8 +38,8 @@ struct Profile {
   std::vector<double> head_densities(const LayerProfile& layer, double density) const;
 };
 
-// Consistent: positive heads, one entry per head in every layer, tile shapes of tile_volume,
-// densities in (0, 1], finite estimator parameters, no duplicate layers.
+// Consistent: positive heads, one entry per head in every layer, tile shapes taking tile_volume
+// slots (TileShape::slots), densities in (0, 1], finite estimator parameters, no duplicate layers.
 Status validate_profile(const Profile& profile);
 
 std::string profile_to_json(const Profile& profile);  // pretty-printed

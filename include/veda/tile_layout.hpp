@@ -3,8 +3,9 @@
 //
 // Tile order: prefix tiles first (prefix tokens in order, `volume` per tile, the last one ragged),
 // then video tiles in (tile_t, tile_h, tile_w) row-major order. Inside a tile its valid tokens come
-// first, in (t, h, w) row-major order, then padding slots up to `volume`. So a tile is described
-// by its valid-token count alone, and kernels mask slots >= tile_valid[tile].
+// first, in (t, h, w) row-major order, then padding slots up to `volume`, the tile's slot count
+// (64 or 128). So a tile is described by its valid-token count alone, and kernels mask slots >=
+// tile_valid[tile].
 #pragma once
 #include <array>
 #include <cstdint>
@@ -27,7 +28,12 @@ struct Grid {
 
 struct TileShape {
   int t = 4, h = 4, w = 4;
-  int volume() const { return t * h * w; }
+  int volume() const { return t * h * w; }  // tokens of a whole tile
+  // Slots a tile of this shape takes in tile order: 64 for 33-64 tokens, 128 for 65-128, 0 for
+  // other counts (unsupported). A shape with fewer tokens than slots pads every tile; that pays
+  // where it fits the grid exactly and 64-token shapes leave ragged edges (3x5x4, 60 tokens, tiles
+  // 21x30x52 and 21x45x80 with 94% of the slots used, 4x4x4 82%: docs/perf-notes.md).
+  int slots() const;
   std::string str() const;                               // "4x4x4"
   static Result<TileShape> parse(std::string_view text);  // "4x4x4"
   bool operator==(const TileShape&) const = default;
@@ -46,13 +52,14 @@ inline constexpr int kDefaultTileVolume = 64;
 // One head's layout.
 class TileLayout {
  public:
-  // Errors: empty grid, non-positive extents, volume not 64 or 128, negative prefix.
+  // Errors: empty grid, non-positive extents, a shape without slots (TileShape::slots), negative
+  // prefix.
   static Result<TileLayout> make(Grid grid, int prefix_tokens, TileShape shape);
 
   Grid grid() const { return grid_; }
   TileShape shape() const { return shape_; }
   int prefix_tokens() const { return prefix_tokens_; }
-  int volume() const { return shape_.volume(); }
+  int volume() const { return shape_.slots(); }  // slots per tile
   int num_prefix_tiles() const { return num_prefix_tiles_; }
   int num_tiles() const { return int(tile_valid_.size()); }
   std::array<int, 3> tiles_per_axis() const { return tiles_per_axis_; }  // video tiles along t,h,w
@@ -76,11 +83,11 @@ class TileLayout {
 };
 
 // The layouts of every head of one attention call. Heads may use different tile shapes of one
-// volume, so their tile counts can differ: tensors in tile order are sized by max_tiles(), and
+// slot count, so their tile counts can differ: tensors in tile order are sized by max_tiles(), and
 // a head's tiles beyond its own count are empty (valid 0).
 class HeadLayouts {
  public:
-  // One shape per head (all the same volume).
+  // One shape per head (all with the same slot count).
   static Result<HeadLayouts> make(Grid grid, int prefix_tokens,
                                   const std::vector<TileShape>& per_head);
   static Result<HeadLayouts> uniform(Grid grid, int prefix_tokens, int heads, TileShape shape);

@@ -217,9 +217,9 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
       if (shapes.empty()) shapes = {config.fallback_shape};
     }
     for (const TileShape& s : shapes)
-      if (s.volume() != shapes.front().volume())
-        return invalid_argument("candidate tile shapes must share one volume");
-    result.profile.tile_volume = shapes.front().volume();
+      if (s.slots() == 0 || s.slots() != shapes.front().slots())
+        return invalid_argument("candidate tile shapes must take one slot count (64 or 128)");
+    result.profile.tile_volume = shapes.front().slots();
 
     LayerCalibration report;
     report.layer = layer;

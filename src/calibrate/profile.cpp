@@ -104,7 +104,7 @@ Status validate_profile(const Profile& p) {
     return format_error(fmt::format("profile density {} is not in (0, 1]", p.density));
   if (p.heads <= 0) return format_error(fmt::format("profile head count {} must be positive", p.heads));
   if (p.tile_volume != 64 && p.tile_volume != 128)
-    return format_error(fmt::format("profile tile volume {} must be 64 or 128", p.tile_volume));
+    return format_error(fmt::format("profile tile volume {} must be 64 or 128 (slots a tile)", p.tile_volume));
   if (p.layers.empty()) return format_error("profile has no layers");
   std::set<int> seen;
   for (const LayerProfile& l : p.layers) {
@@ -114,9 +114,9 @@ Status validate_profile(const Profile& p) {
                                       l.heads.size(), p.heads));
     for (size_t h = 0; h < l.heads.size(); ++h) {
       const HeadProfile& hp = l.heads[h];
-      if (hp.tile.t <= 0 || hp.tile.h <= 0 || hp.tile.w <= 0 || hp.tile.volume() != p.tile_volume)
+      if (hp.tile.t <= 0 || hp.tile.h <= 0 || hp.tile.w <= 0 || hp.tile.slots() != p.tile_volume)
         return format_error(fmt::format("profile layer {} head {}: tile shape {} must have positive "
-                                        "extents and volume {}",
+                                        "extents and take {} slots",
                                         l.layer, h, hp.tile.str(), p.tile_volume));
       if (!(hp.density > 0 && hp.density <= 1))
         return format_error(fmt::format("profile layer {} head {}: density {} is not in (0, 1]",

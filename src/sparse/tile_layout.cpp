@@ -54,6 +54,11 @@ Result<Grid> Grid::parse(std::string_view text) {
   return Grid{v[0], v[1], v[2]};
 }
 
+int TileShape::slots() const {
+  const int tokens = volume();
+  return tokens > 32 && tokens <= 64 ? 64 : tokens > 64 && tokens <= 128 ? 128 : 0;
+}
+
 std::string TileShape::str() const { return fmt::format("{}x{}x{}", t, h, w); }
 
 Result<TileShape> TileShape::parse(std::string_view text) {
@@ -68,14 +73,15 @@ Result<TileLayout> TileLayout::make(Grid grid, int prefix_tokens, TileShape shap
   if (shape.t <= 0 || shape.h <= 0 || shape.w <= 0) {
     return invalid_argument(fmt::format("tile shape {} must have positive extents", shape.str()));
   }
-  if (shape.volume() != 64 && shape.volume() != 128) {
-    return invalid_argument(fmt::format("tile shape {} has volume {}; supported volumes: 64, 128",
-                                        shape.str(), shape.volume()));
+  if (shape.slots() == 0) {
+    return invalid_argument(fmt::format(
+        "tile shape {} holds {} tokens; supported: 33-64 tokens (64-slot tiles) or 65-128 (128)",
+        shape.str(), shape.volume()));
   }
   if (prefix_tokens < 0) {
     return invalid_argument(fmt::format("prefix_tokens {} is negative", prefix_tokens));
   }
-  const int volume = shape.volume();
+  const int volume = shape.slots();
   const int64_t total = int64_t(prefix_tokens) + grid.tokens();
   if (total > std::numeric_limits<int32_t>::max()) {  // slot_token holds int32 token ids
     return invalid_argument(fmt::format("{} tokens exceed the int32 token index range", total));
@@ -142,7 +148,7 @@ Result<HeadLayouts> HeadLayouts::make(Grid grid, int prefix_tokens,
     }
     if (h > 0 && layout->volume() != out.heads_.front().volume()) {
       return invalid_argument(fmt::format(
-          "head {} tile shape {} has volume {}, head 0 has {}: all heads need one volume", h,
+          "head {} tile shape {} takes {} slots, head 0 {}: all heads need one slot count", h,
           per_head[h].str(), layout->volume(), out.heads_.front().volume()));
     }
     out.max_tiles_ = std::max(out.max_tiles_, layout->num_tiles());

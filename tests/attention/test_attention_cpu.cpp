@@ -54,6 +54,9 @@ std::vector<ShapeConfig> shape_configs() {
       {"ragged_5x7x9_t128", {5, 7, 9}, 0, {{8, 4, 4}, {4, 4, 8}}, 1, 64},
       {"ragged_3x6x10_prefix70_t128", {3, 6, 10}, 70, {{4, 4, 8}, {4, 4, 8}}, 2, 128},
       {"larger_8x8x16_t64", {8, 8, 16}, 3, {cube, long_t}, 1, 128},
+      // Fewer tokens than slots: 60-token tiles in 64 slots beside 4x4x4, 120 in 128.
+      {"slots_6x10x8_3x5x4", {6, 10, 8}, 2, {{3, 5, 4}, cube}, 1, 64},
+      {"slots_6x10x8_3x5x8_t128", {6, 10, 8}, 0, {{3, 5, 8}, {3, 5, 8}}, 1, 128},
   };
 }
 

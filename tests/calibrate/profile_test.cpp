@@ -15,7 +15,7 @@ namespace {
 Profile random_profile(uint64_t seed, int heads = 3) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal;
-  const TileShape shapes[] = {{4, 4, 4}, {16, 2, 2}, {1, 8, 8}, {8, 2, 4}};
+  const TileShape shapes[] = {{4, 4, 4}, {16, 2, 2}, {1, 8, 8}, {3, 5, 4}};  // 3x5x4: 60 tokens
   Profile p;
   p.density = 0.05;
   p.heads = heads;
@@ -105,7 +105,8 @@ TEST(ProfileTest, RejectsWrongHeadCount) {
 
 TEST(ProfileTest, RejectsBadTileShapesAndValues) {
   const nlohmann::json good = nlohmann::json::parse(profile_to_json(random_profile(std::random_device{}())));
-  for (const char* tile : {"4x4x3", "4x4", "axbxc", "0x8x8", "4x4x4x1"}) {
+  // 4x4x2: 32 tokens (no slot count); 4x4x8: 128 slots in a 64-slot profile.
+  for (const char* tile : {"4x4x2", "4x4x8", "4x4", "axbxc", "0x8x8", "4x4x4x1"}) {
     nlohmann::json j = good;
     j["layers"][0]["heads"][1]["tile"] = tile;
     std::string error = rejection(j.dump());

@@ -144,6 +144,20 @@ TEST(AttentionGpuLayouts, PerHeadShapes) {
       run_case(Case{Grid{16, 16, 28}, 64, DType::kF16, 1, dens, 0.0, 3}, *layouts, 7, kernel);
 }
 
+// Shapes with fewer tokens than slots (60 of 64, 120 of 128): every tile is ragged, 4 or 8
+// padding slots each; 6x10x12 fits 3x5x4 exactly.
+TEST(AttentionGpuLayouts, FewerTokensThanSlots) {
+  SKIP_WITHOUT_GPU();
+  const Grid grid{6, 10, 12};
+  for (const TileShape shape : {TileShape{3, 5, 4}, TileShape{3, 5, 8}}) {
+    auto layouts = HeadLayouts::make(grid, 0, {shape, shape});
+    ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+    for (double dens : {1.0, 0.1})
+      for (const char* kernel : {static_cast<const char*>(nullptr), "sm90", "sm80"})
+        run_case(Case{grid, 128, DType::kBF16, 2, dens, 0.0}, *layouts, 23, kernel);
+  }
+}
+
 TEST(AttentionGpuLayouts, AllRowsEmpty) {
   SKIP_WITHOUT_GPU();
   auto layouts = HeadLayouts::uniform(Grid{4, 8, 8}, 0, 1, TileShape{4, 4, 4});

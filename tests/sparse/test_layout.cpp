@@ -19,7 +19,7 @@ struct ReferenceTiling {
   std::vector<std::vector<int32_t>> tiles;
 };
 ReferenceTiling reference_tiling(Grid grid, int prefix, TileShape shape) {
-  const int volume = shape.volume();
+  const int volume = shape.slots();
   const int num_prefix = (prefix + volume - 1) / volume;
   const int nt = (grid.t + shape.t - 1) / shape.t, nh = (grid.h + shape.h - 1) / shape.h,
             nw = (grid.w + shape.w - 1) / shape.w;
@@ -43,7 +43,8 @@ void expect_layout_matches_reference(Grid grid, int prefix, TileShape shape) {
   auto layout = TileLayout::make(grid, prefix, shape);
   ASSERT_TRUE(layout.is_ok()) << layout.status().to_string();
   const ReferenceTiling ref = reference_tiling(grid, prefix, shape);
-  const int volume = shape.volume();
+  const int volume = shape.slots();
+  EXPECT_EQ(layout->volume(), volume);
   ASSERT_EQ(layout->num_tiles(), int(ref.tiles.size()));
   EXPECT_EQ(layout->num_prefix_tiles(), (prefix + volume - 1) / volume);
   EXPECT_EQ(layout->tokens(), prefix + grid.tokens());
@@ -111,6 +112,30 @@ TEST(TileLayoutTest, MatchesReferenceOnRaggedGrids) {
   expect_layout_matches_reference({16, 16, 28}, 0, {4, 4, 4});
   expect_layout_matches_reference({21, 30, 52}, 0, {4, 4, 4});
   expect_layout_matches_reference({21, 30, 52}, 77, {1, 8, 16});
+  // Shapes with fewer tokens than slots: every tile padded to 64 / 128 slots.
+  expect_layout_matches_reference({21, 30, 52}, 0, {3, 5, 4});  // 60 tokens
+  expect_layout_matches_reference({7, 10, 9}, 70, {3, 5, 4});   // ragged too, 2 prefix tiles
+  expect_layout_matches_reference({5, 7, 9}, 0, {3, 5, 8});     // 120 tokens, 128 slots
+  expect_layout_matches_reference({21, 45, 80}, 5, {21, 3, 1});  // 63 tokens
+}
+
+TEST(TileLayoutTest, ShapesThatFitTheGridWithFewerTokensThanSlots) {
+  // 3x5x4 tiles both Wan grids exactly: every tile holds 60 tokens in 64 slots (94%), where 4x4x4
+  // leaves ragged edges (82%).
+  for (const Grid grid : {Grid{21, 30, 52}, Grid{21, 45, 80}}) {
+    auto layout = TileLayout::make(grid, 0, {3, 5, 4});
+    ASSERT_TRUE(layout.is_ok()) << layout.status().to_string();
+    EXPECT_EQ(layout->volume(), 64);
+    EXPECT_EQ(layout->num_tiles() * 60, grid.tokens());
+    for (int32_t v : layout->tile_valid()) ASSERT_EQ(v, 60);
+  }
+  EXPECT_EQ((TileShape{3, 5, 4}.slots()), 64);
+  EXPECT_EQ((TileShape{4, 4, 4}.slots()), 64);
+  EXPECT_EQ((TileShape{3, 5, 8}.slots()), 128);
+  EXPECT_EQ((TileShape{4, 4, 8}.slots()), 128);
+  EXPECT_EQ((TileShape{4, 4, 2}.slots()), 0);   // 32 tokens: under half the slots
+  EXPECT_EQ((TileShape{3, 3, 3}.slots()), 0);   // 27
+  EXPECT_EQ((TileShape{4, 4, 16}.slots()), 0);  // 256
 }
 
 TEST(TileLayoutTest, RaggedEdgeCounts) {
@@ -199,6 +224,10 @@ TEST(HeadLayoutsTest, PerHeadShapes) {
   EXPECT_FALSE(HeadLayouts::make(grid, 0, {{4, 4, 4}, {4, 4, 8}}).is_ok());  // 64 vs 128
   EXPECT_FALSE(HeadLayouts::uniform(grid, 0, 0, {4, 4, 4}).is_ok());
   EXPECT_FALSE(HeadLayouts::make(grid, 0, {{4, 4, 4}, {4, 4, 2}}).is_ok());
+  EXPECT_FALSE(HeadLayouts::make(grid, 0, {{3, 5, 4}, {3, 5, 8}}).is_ok());  // 64 vs 128 slots
+  auto mixed = HeadLayouts::make(grid, 0, {{4, 4, 4}, {3, 5, 4}});            // 64 and 60 tokens
+  ASSERT_TRUE(mixed.is_ok()) << mixed.status().to_string();
+  EXPECT_EQ(mixed->volume(), 64);
 }
 
 class GatherScatterTest : public ::testing::TestWithParam<DType> {};

@@ -277,7 +277,7 @@ RunFn setup_bench_attention(CLI::App& sub) {
   sub.add_option("--grid", opt->grid, "video grid TxHxW")->capture_default_str();
   sub.add_option("--head-dim", opt->head_dim, "64 or 128")->capture_default_str();
   sub.add_option("--tile", opt->tile,
-                 "tile shape TxHxW (volume 64 or 128), or tokens: token order in 128-token blocks "
+                 "tile shape TxHxW (33-64 or 65-128 tokens: 64- or 128-slot tiles), or tokens: token order in 128-token blocks "
                  "(the DiT's dense layout)")
       ->capture_default_str();
   sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")

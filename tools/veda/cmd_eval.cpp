@@ -40,7 +40,7 @@ RunFn setup_eval(CLI::App& sub) {
   sub.add_option("--method", opt->methods,
                  "comma-separated: mean, stats, oracle; with --profile also veda, veda-shape, veda-fit "
                  "(default: mean,stats,oracle, plus veda with --profile)");
-  sub.add_option("--tile", opt->tile, "tile shape TxHxW (volume 64 or 128) of mean/stats")->capture_default_str();
+  sub.add_option("--tile", opt->tile, "tile shape TxHxW (33-64 or 65-128 tokens) of mean/stats")->capture_default_str();
   sub.add_option("--mode", opt->mode, "selection: topk or mass")->capture_default_str();
   sub.add_option("--profile", opt->profile,
                  "calibration profile (veda calibrate): adds method veda; oracle then uses the best "

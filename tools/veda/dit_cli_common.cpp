@@ -18,7 +18,7 @@ void AttentionArgs::add_to(CLI::App& sub) {
   sub.add_option("--attention", mode, "Self-attention: dense | veda (tile-sparse)")
       ->check(CLI::IsMember({"dense", "veda"}));
   sub.add_option("--density", density, "veda: share of key tiles kept per query tile, (0, 1]");
-  sub.add_option("--tile-shape", tile_shape, "veda: tile shape TxHxW (volume 64 or 128)");
+  sub.add_option("--tile-shape", tile_shape, "veda: tile shape TxHxW (33-64 or 65-128 tokens: 64- or 128-slot tiles)");
   sub.add_option("--score", score, "veda: tile scoring: stats | mean | oracle");
   sub.add_option("--select", select, "veda: selection: topk | mass");
   sub.add_option("--profile", profile,
