@@ -28,7 +28,7 @@ struct Grid {
 
 struct TileShape {
   int t = 4, h = 4, w = 4;
-  int volume() const { return t * h * w; }  // tokens of a whole tile
+  int volume() const { return t * h * w; }  // tokens of a whole tile (valid where slots() > 0)
   // Slots a tile of this shape takes in tile order: 64 for 33-64 tokens, 128 for 65-128, 0 for
   // other counts (unsupported). A shape with fewer tokens than slots pads every tile; that pays
   // where it fits the grid exactly and 64-token shapes leave ragged edges (3x5x4, 60 tokens, tiles

@@ -55,7 +55,8 @@ Result<Grid> Grid::parse(std::string_view text) {
 }
 
 int TileShape::slots() const {
-  const int tokens = volume();
+  if (t <= 0 || h <= 0 || w <= 0) return 0;
+  const int64_t tokens = int64_t(t) * h * w;  // 64-bit: huge extents must not wrap into range
   return tokens > 32 && tokens <= 64 ? 64 : tokens > 64 && tokens <= 128 ? 128 : 0;
 }
 
@@ -76,7 +77,7 @@ Result<TileLayout> TileLayout::make(Grid grid, int prefix_tokens, TileShape shap
   if (shape.slots() == 0) {
     return invalid_argument(fmt::format(
         "tile shape {} holds {} tokens; supported: 33-64 tokens (64-slot tiles) or 65-128 (128)",
-        shape.str(), shape.volume()));
+        shape.str(), int64_t(shape.t) * shape.h * shape.w));
   }
   if (prefix_tokens < 0) {
     return invalid_argument(fmt::format("prefix_tokens {} is negative", prefix_tokens));

@@ -136,6 +136,9 @@ TEST(TileLayoutTest, ShapesThatFitTheGridWithFewerTokensThanSlots) {
   EXPECT_EQ((TileShape{4, 4, 2}.slots()), 0);   // 32 tokens: under half the slots
   EXPECT_EQ((TileShape{3, 3, 3}.slots()), 0);   // 27
   EXPECT_EQ((TileShape{4, 4, 16}.slots()), 0);  // 256
+  // A product that wraps a 32-bit int into 33..128 must not pass: (2^30 + 1) * 64 = 2^36 + 64.
+  EXPECT_EQ((TileShape{1073741825, 64, 1}.slots()), 0);
+  EXPECT_FALSE(TileLayout::make({21, 30, 52}, 0, {1073741825, 64, 1}).is_ok());
 }
 
 TEST(TileLayoutTest, RaggedEdgeCounts) {

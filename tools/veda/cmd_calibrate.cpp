@@ -59,7 +59,9 @@ RunFn setup_calibrate(CLI::App& sub) {
   sub.add_option("--density", opt->density, "overall density target in (0, 1]")->capture_default_str();
   sub.add_option("-o,--output", opt->output, "profile to write (JSON)")->required();
   sub.add_option("--shapes", opt->shapes,
-                 "comma-separated candidate tile shapes TxHxW (default: the 64-token shapes that fit the grid)");
+                 "comma-separated candidate tile shapes TxHxW of one slot count (default: the 64-token shapes "
+                 "that fit the grid); shapes are compared at one tile density, so a shape with "
+                 "fewer tokens than slots (3x5x4) costs more tiles on grids it does not fit");
   sub.add_option("--budget-scales", opt->budget_scales,
                  "head density multipliers the budget split may use (must include 1)")
       ->capture_default_str();
