@@ -45,6 +45,8 @@ for kv in "${kernels[@]}"; do
   bench $1 $2 -- --preset wan1.3b-480p --density 1.0,0.05 --runs 10 --verify
   bench $1 $2 -- --preset wan14b-720p --tile 4x4x8 --density 1.0,0.05,0.03 --runs 10 --verify
   bench $1 $2 -- --preset wan14b-720p --tile tokens --density 1.0,0.05 --runs 10 --verify
+  # 60 tokens in 64 slots: tiles 21x45x80 with no ragged edge (docs/perf-notes.md, next steps).
+  bench $1 $2 -- --preset wan14b-720p --tile 3x5x4 --density 1.0,0.05,0.03 --runs 10 --verify
   bench $1 $2 -- --preset wan1.3b-480p --tile tokens --density 1.0 --runs 10 --verify
   bench $1 $2 -- --preset wan1.3b-480p --mask select --density 0.05 --runs 10
   bench $1 $2 -- --preset wan14b-720p --batch 2 --density 0.05 --runs 10
@@ -60,5 +62,5 @@ if [ $ncu = 1 ]; then
 fi
 if [ $compare = 1 ]; then
   export PYTHONUNBUFFERED=1
-  timeout 330 python3 scripts/compare_torch.py --veda build-gpu/veda --tiles 4x4x4,4x4x8,tokens --runs 10 --json "$LOG/compare.json" 2>&1 | tee "$LOG/compare.log" | grep -v '^{'
+  timeout 330 python3 scripts/compare_torch.py --veda build-gpu/veda --tiles 4x4x4,4x4x8,3x5x4,tokens --runs 10 --json "$LOG/compare.json" 2>&1 | tee "$LOG/compare.log" | grep -v '^{'
 fi
