@@ -62,6 +62,16 @@ struct FlowPass {
   // Non-null: self-attention inputs of `capture_layers`, every batch item (veda/dit.hpp).
   AttentionCaptureFn capture;
   std::vector<int> capture_layers;
+
+  // `options` (ForwardOptions or WanCudaOptions) as this pass runs the model: dense attention on
+  // a warm-up step, its capture.
+  template <class Options>
+  Options applied_to(Options options) const {
+    if (dense) options.attention = SelfAttentionMode::kDense;
+    options.capture = capture;
+    options.capture_layers = capture_layers;
+    return options;
+  }
 };
 
 // The model as the sampling loop sees it: the flow prediction f32 [B, out_channels, F, H, W] for

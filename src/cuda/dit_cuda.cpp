@@ -913,10 +913,7 @@ FlowModelFn cuda_flow_model(WanCudaModel& model, WanCudaOptions options, Forward
   return [&model, options = std::move(options), timings](
              const Tensor& x, const std::vector<float>& steps, const Tensor& text,
              const FlowPass& pass) -> Result<Tensor> {
-    WanCudaOptions o = options;
-    if (pass.dense) o.attention = SelfAttentionMode::kDense;
-    o.capture = pass.capture;
-    o.capture_layers = pass.capture_layers;
+    WanCudaOptions o = pass.applied_to(options);
     o.time_parts = timings != nullptr;
     WanCudaTimings t;
     VEDA_ASSIGN_OR_RETURN(Tensor out, model.forward(x, steps, text, o, &t));

@@ -165,11 +165,7 @@ void fill_standard_normal(float* data, int64_t n, uint64_t seed) {
 FlowModelFn cpu_flow_model(const WanModel& model, ForwardOptions forward) {
   return [&model, forward = std::move(forward)](const Tensor& x, const std::vector<float>& steps,
                                                 const Tensor& text, const FlowPass& pass) {
-    ForwardOptions o = forward;
-    if (pass.dense) o.attention = SelfAttentionMode::kDense;
-    o.capture = pass.capture;
-    o.capture_layers = pass.capture_layers;
-    return model.forward(x, steps, text, o);
+    return model.forward(x, steps, text, pass.applied_to(forward));
   };
 }
 

@@ -54,6 +54,27 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // and wgmma kernels: group g holds two columns of row 0 (elements 0, 1) and of row 1 (2, 3), and
 // the four lanes of a quad hold the rest of the two rows.
 
+// One 64-key block's scores (8 groups) past its `valid` keys -> -inf.
+__device__ __forceinline__ void mask_past_valid(float (&s)[8][4], int valid, int lane) {
+  if (valid >= 64) return;
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int col = n * 8 + (lane & 3) * 2 + (e & 1);
+      if (col >= valid) s[n][e] = -INFINITY;
+    }
+}
+
+// Sums this thread's two row values over its quad (every lane gets the row totals).
+__device__ __forceinline__ void quad_sum(float (&v)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    v[i] += __shfl_xor_sync(0xffffffffu, v[i], 1);
+    v[i] += __shfl_xor_sync(0xffffffffu, v[i], 2);
+  }
+}
+
 // This thread's two row maxima over its groups and its quad.
 template <int G>
 __device__ __forceinline__ void quad_row_max(const float (&s)[G][4], float (&mx)[2]) {

@@ -175,15 +175,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
             }
           }
         }
-        if (cur_valid < 64) {
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int col = n * 8 + (lane & 3) * 2 + (e & 1);
-              if (col >= cur_valid) s[n][e] = -INFINITY;
-            }
-        }
+        mask_past_valid(s, cur_valid, lane);
         // Online softmax (attention_common.cuh).
         float mx[2], neg_m[2], alpha[2];
         quad_row_max(s, mx);
@@ -222,11 +214,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? 2 : 1))
   // Epilogue: normalise and write this warp's 16 rows (zeros for padding rows).
   if (my_qb >= p.num_q_blocks) return;
   const int my_valid = my_group ? q_valid[1] : q_valid[0];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
-  }
+  quad_sum(row_sum);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = r_lo + i * 8;  // row within the 64-row group

@@ -121,20 +121,11 @@ __device__ __forceinline__ void softmax_blocks(float (&s)[NB][32], float (&row_m
                                                float (&row_sum)[2], uint32_t (&pf)[NB][4][4],
                                                float (&alpha)[2], const int (&valid)[NB],
                                                float scale_log2, int lane) {
-#pragma unroll
-  for (int b = 0; b < NB; ++b) {
-    if (valid[b] < 64) {
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n * 8 + (lane & 3) * 2 + (e & 1);
-          if (col >= valid[b]) s[b][n * 4 + e] = -INFINITY;
-        }
-    }
-  }
   // The blocks' scores as groups of four (attention_common.cuh): block b's columns 8n.. are group
   // 8b + n, and its k-steps t are P fragments 4b + t.
+  auto& blocks = reinterpret_cast<float(&)[NB][8][4]>(s);
+#pragma unroll
+  for (int b = 0; b < NB; ++b) mask_past_valid(blocks[b], valid[b], lane);
   auto& groups = reinterpret_cast<float(&)[NB * 8][4]>(s);
   float mx[2], neg_m[2];
   quad_row_max(groups, mx);
@@ -228,11 +219,7 @@ __device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_bl
                                            float (&row_sum)[2], int valid, float scale,
                                            int warp_in_group, int lane) {
   const int r_lo = warp_in_group * 16 + (lane >> 2);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(0xffffffffu, row_sum[i], 2);
-  }
+  quad_sum(row_sum);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = r_lo + i * 8;
