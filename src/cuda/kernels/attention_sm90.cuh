@@ -102,7 +102,7 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 //                   rescaled before P V is added;
 //   rescale         O *= alpha, skipped by a warp whose alphas are all 1;
 //   issue_pv        O += P V over the NB V tiles (transposed shared-memory operand), one commit
-//                   group, k-steps past a block's valid keys skipped.
+//                   group.
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
 // either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
 template <int D, class T, int NB>
@@ -149,31 +149,20 @@ __device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha
 
 template <int D, class T, int NB>
 __device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
-                                         const uint32_t (&v_tile)[NB], const int (&valid)[NB]) {
+                                         const uint32_t (&v_tile)[NB]) {
   fence_operands(acc);
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
   wgmma_fence();
-  uint64_t desc[NB];
-  bool full = true;
+  // Every k-step, also past a ragged block's valid keys: P is zero there and the V rows are
+  // finite (zero-filled by the one-warpgroup kernel's copies, finite padding by contract for TMA),
+  // so they add nothing. A skip (a branch per k-step, or a whole-block branch) made ptxas add an
+  // empty wgmma and an arrive to every step.
 #pragma unroll
   for (int b = 0; b < NB; ++b) {
-    desc[b] = smem_desc_128b(v_tile[b], 8192, 1024);
-    full = full && valid[b] == 64;
-  }
-  if (full) {  // every block whole: no per-k-step branch (or the arrive ptxas adds to each)
+    const uint64_t desc = smem_desc_128b(v_tile[b], 8192, 1024);
 #pragma unroll
-    for (int b = 0; b < NB; ++b)
-#pragma unroll
-      for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc[b], t * 2048));
-  } else {
-#pragma unroll
-    for (int b = 0; b < NB; ++b)
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t * 16 < valid[b])  // warpgroup-uniform: P is zero past the valid keys
-          wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc[b], t * 2048));
-      }
+    for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc, t * 2048));
   }
   wgmma_commit();
 }
@@ -184,31 +173,43 @@ struct NoSoftmaxTurn {
   __device__ __forceinline__ void end() const {}
 };
 
-// The pieces in order, each product waited for: one step start to finish. S lives only within
-// the step (the first wgmma of each block overwrites it: scale_d = 0). `turn` brackets the
-// softmax (the warp-specialised kernel's warpgroups take it in turns, see there).
-template <int D, class T, int NB, class Turn = NoSoftmaxTurn>
+// One step up to P V: S issued and waited for, the softmax, O's rescale, P V issued and committed
+// but not waited for. S lives only within the step (the first wgmma of each block overwrites it:
+// scale_d = 0). `pf` holds P for the P V in flight (NP >= NB blocks; all of it is kept live until
+// the S wait, so that a previous step's P V still reading it, with up to NP blocks, is safe); the
+// S wait also completes any P V left in flight. `turn` brackets the softmax (the warp-specialised
+// kernel's warpgroups take it in turns, see there). finish_pv() waits for the P V.
+template <int D, class T, int NB, int NP, class Turn = NoSoftmaxTurn>
 __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&row_max)[2],
-                                                  float (&row_sum)[2],
+                                                  float (&row_sum)[2], uint32_t (&pf)[NP][4][4],
                                                   const uint32_t (&q)[D / 16][4],
                                                   const uint32_t (&k_tile)[NB],
                                                   const uint32_t (&v_tile)[NB],
                                                   const int (&valid)[NB], float scale_log2,
                                                   int lane, const Turn& turn = {}) {
+  static_assert(NB <= NP, "P storage for every block");
   float s[NB][32];
   issue_s<D, T, NB>(s, q, k_tile);
   wgmma_wait<0>();
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
-  uint32_t pf[NB][4][4];
+  fence_operands(acc);
+  fence_operands(reinterpret_cast<uint32_t(&)[NP * 4][4]>(pf));
+  auto& p_step = reinterpret_cast<uint32_t(&)[NB][4][4]>(pf);
   float alpha[2];
   turn.begin();
-  softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
+  softmax_blocks<NB, T>(s, row_max, row_sum, p_step, alpha, valid, scale_log2, lane);
   if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
   turn.end();
-  issue_pv<D, T, NB>(acc, pf, v_tile, valid);
+  issue_pv<D, T, NB>(acc, p_step, v_tile);
+}
+
+// Waits for the P V in flight: O and P may be touched again, and its V tiles reused.
+template <int D, int NP>
+__device__ __forceinline__ void finish_pv(float (&acc)[D / 2], uint32_t (&pf)[NP][4][4]) {
   wgmma_wait<0>();
   fence_operands(acc);
+  fence_operands(reinterpret_cast<uint32_t(&)[NP * 4][4]>(pf));
 }
 
 // Normalises and writes this warpgroup's 64 output rows (rows past `valid` and rows that saw no
@@ -316,8 +317,10 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
       }
       cp_async_commit();
 
-      attend_key_blocks<D, T, 1>(acc, row_max, row_sum, qf, {sK + stage * kTileBytes},
+      uint32_t pf[1][4][4];
+      attend_key_blocks<D, T, 1>(acc, row_max, row_sum, pf, qf, {sK + stage * kTileBytes},
                                  {sV + stage * kTileBytes}, {cur_valid}, p.scale_log2, lane);
+      finish_pv<D>(acc, pf);
       stage ^= 1;
       j = jn;
     }

@@ -4,7 +4,7 @@
 // consumer warpgroups each run the online softmax of one 64-row query block with wgmma
 // (attend_key_blocks, shared with the one-warpgroup kernel in attention_sm90.cuh). 384 threads:
 // the producer is warpgroup 2, after the consumer warpgroups, and hands registers to them with
-// setmaxnreg (40 vs 232 a thread; at 288 threads with a lone producer warp every thread was capped
+// setmaxnreg (24 vs 240 a thread; at 288 threads with a lone producer warp every thread was capped
 // at 168, because the register file is split among the SM's four sub-partitions).
 //
 // Steps: a consumer takes its key blocks two at a time when two consecutive stages (ring order,
@@ -12,7 +12,8 @@
 // 128 columns (each block masked past its own valid keys), one rescale of O, P V over both V
 // tiles, both stages released together. The producer, which knows the next stage when it tags
 // this one, marks the pair in the tag, so a consumer never waits for a stage it does not use;
-// otherwise (the next stage is not its own, or ends the stream) it takes one block.
+// otherwise (the next stage is not its own, or ends the stream) it takes one block. A step's P V
+// is not waited for at its end: the next step's S queues behind it (see the consumer loop).
 //
 // A CTA owns query blocks 2x and 2x+1 of one (b, h): the halves of a 128-token tile, or two
 // neighbouring 64-token tiles. The producer walks the union of their key lists (both ascending:
@@ -52,10 +53,14 @@ struct WsConfig {
   static constexpr int kSmemBytes = kRingBytes + 1024 + kStages * 24;  // + align, barriers, tags
   static constexpr int kConsumerWarps = 8;
   // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
-  // producer gives registers back so that the consumers get 232 each (128 * 40 + 256 * 232 <=
-  // 65,536): two S accumulators, O, P and Q's A fragments.
+  // producer gives registers back so that the consumers get 240 each: two S accumulators, O, Q's
+  // A fragments, and P of the step whose P V still runs while the next S is issued (at 232, ptxas
+  // serialized every wgmma: C7512). The pool is what the launch gave the CTA, 168 a thread, and
+  // setmaxnreg.inc waits until its registers are free: 128 * 24 + 256 * 240 <= 384 * 168 (with 32
+  // for the producer the consumers waited forever).
   static constexpr int kThreads = 384;
-  static constexpr uint32_t kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr uint32_t kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "register pool");
   // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c starts a step here and
   // takes the next stage too, as one 128-key step; kTurn, both start a step of the same length
   // here and take their softmaxes in turn (SoftmaxTurn); kEnd alone, the stream ends here.
@@ -259,7 +264,24 @@ __global__ void __launch_bounds__(384, 1)
   // the following stage's look over to the next iteration (looking and releasing in both
   // branches) made ptxas serialize every wgmma (C7520, compiler-inserted warpgroup.arrive on a
   // divergent path).
-  Ring at;
+  // A step's P V is left running while the warpgroup looks at its next stage and issues the next
+  // S, which then queues behind it at the tensor cores; the step's stages (`held`) are released
+  // once the next S wait (or finish_pv) has seen the P V done. A stage that is not this
+  // warpgroup's settles the P V first, so at most two held stages plus the next step's two are
+  // ever waited on (of kStages >= 4: no deadlock with the producer).
+  static_assert(C::kStages >= 4, "held stages and the next step's fit in the ring");
+  uint32_t pf[2][4][4];  // P of the step whose P V may still be running
+  Ring at, held;
+  int held_n = 0;
+  const auto release_held = [&]() {
+    if (held_n > 0) release(held);
+    if (held_n > 1) {
+      Ring second = held;
+      second.advance();
+      release(second);
+    }
+    held_n = 0;
+  };
   while (true) {
     const StageInfo cur = look(at);
     if (cur.tag & C::kEnd) break;
@@ -274,19 +296,29 @@ __global__ void __launch_bounds__(384, 1)
         nx.advance();
         const StageInfo next = look(nx);
         const uint32_t k1 = ring + nx.stage * C::kStageBytes;
-        attend_key_blocks<D, T, 2>(acc, row_max, row_sum, q, {k0, k1},
+        attend_key_blocks<D, T, 2>(acc, row_max, row_sum, pf, q, {k0, k1},
                                    {k0 + C::kTileBytes, k1 + C::kTileBytes},
                                    {cur.valid, next.valid}, p.scale_log2, lane, turn);
-        release(at);
+        release_held();
+        held = at, held_n = 2;
         at = nx;
       } else {
-        attend_key_blocks<D, T, 1>(acc, row_max, row_sum, q, {k0}, {k0 + C::kTileBytes},
+        attend_key_blocks<D, T, 1>(acc, row_max, row_sum, pf, q, {k0}, {k0 + C::kTileBytes},
                                    {cur.valid}, p.scale_log2, lane, turn);
+        release_held();
+        held = at, held_n = 1;
       }
+    } else {
+      if (held_n > 0) {
+        finish_pv<D>(acc, pf);
+        release_held();
+      }
+      release(at);
     }
-    release(at);
     at.advance();
   }
+  finish_pv<D>(acc, pf);
+  release_held();
   if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
 
   if (my_qb >= p.num_q_blocks) return;
