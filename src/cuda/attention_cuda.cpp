@@ -171,7 +171,9 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   switch (choose_kernel(info)) {
     case Kernel::kSm90Ws: {
       const cudaError_t err = cuda::launch_attention_sm90_ws(f, elem, head_dim, batch, stream);
-      if (err != cudaErrorNotSupported) {  // else: strides TMA cannot describe; one-warpgroup kernel
+      // cudaErrorNotSupported: strides TMA cannot describe, or unaligned Q rows; then the
+      // one-warpgroup kernel.
+      if (err != cudaErrorNotSupported) {
         VEDA_CUDA_CHECK(err);
         return Status::ok();
       }

@@ -147,9 +147,10 @@ __device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha
   }
 }
 
+// The P V wgmmas without their commit (the caller commits the group).
 template <int D, class T, int NB>
-__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
-                                         const uint32_t (&v_tile)[NB]) {
+__device__ __forceinline__ void issue_pv_blocks(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
+                                                const uint32_t (&v_tile)[NB]) {
   fence_operands(acc);
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
@@ -164,52 +165,37 @@ __device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB]
 #pragma unroll
     for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc, t * 2048));
   }
+}
+
+template <int D, class T, int NB>
+__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
+                                         const uint32_t (&v_tile)[NB]) {
+  issue_pv_blocks<D, T, NB>(acc, pf, v_tile);
   wgmma_commit();
 }
 
-// No turns: the softmax runs as soon as S is ready.
-struct NoSoftmaxTurn {
-  __device__ __forceinline__ void begin() const {}
-  __device__ __forceinline__ void end() const {}
-};
-
-// One step up to P V: S issued and waited for, the softmax, O's rescale, P V issued and committed
-// but not waited for. S lives only within the step (the first wgmma of each block overwrites it:
-// scale_d = 0). `pf` holds P for the P V in flight (NP >= NB blocks; all of it is kept live until
-// the S wait, so that a previous step's P V still reading it, with up to NP blocks, is safe); the
-// S wait also completes any P V left in flight. `turn` brackets the softmax (the warp-specialised
-// kernel's warpgroups take it in turns, see there). finish_pv() waits for the P V.
-template <int D, class T, int NB, int NP, class Turn = NoSoftmaxTurn>
+// The pieces in order, each product waited for: one step start to finish. S lives only within
+// the step (the first wgmma of each block overwrites it: scale_d = 0).
+template <int D, class T, int NB>
 __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&row_max)[2],
-                                                  float (&row_sum)[2], uint32_t (&pf)[NP][4][4],
+                                                  float (&row_sum)[2],
                                                   const uint32_t (&q)[D / 16][4],
                                                   const uint32_t (&k_tile)[NB],
                                                   const uint32_t (&v_tile)[NB],
                                                   const int (&valid)[NB], float scale_log2,
-                                                  int lane, const Turn& turn = {}) {
-  static_assert(NB <= NP, "P storage for every block");
+                                                  int lane) {
   float s[NB][32];
   issue_s<D, T, NB>(s, q, k_tile);
   wgmma_wait<0>();
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
-  fence_operands(acc);
-  fence_operands(reinterpret_cast<uint32_t(&)[NP * 4][4]>(pf));
-  auto& p_step = reinterpret_cast<uint32_t(&)[NB][4][4]>(pf);
+  uint32_t pf[NB][4][4];
   float alpha[2];
-  turn.begin();
-  softmax_blocks<NB, T>(s, row_max, row_sum, p_step, alpha, valid, scale_log2, lane);
+  softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
   if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
-  turn.end();
-  issue_pv<D, T, NB>(acc, p_step, v_tile);
-}
-
-// Waits for the P V in flight: O and P may be touched again, and its V tiles reused.
-template <int D, int NP>
-__device__ __forceinline__ void finish_pv(float (&acc)[D / 2], uint32_t (&pf)[NP][4][4]) {
+  issue_pv<D, T, NB>(acc, pf, v_tile);
   wgmma_wait<0>();
   fence_operands(acc);
-  fence_operands(reinterpret_cast<uint32_t(&)[NP * 4][4]>(pf));
 }
 
 // Normalises and writes this warpgroup's 64 output rows (rows past `valid` and rows that saw no
@@ -317,10 +303,8 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
       }
       cp_async_commit();
 
-      uint32_t pf[1][4][4];
-      attend_key_blocks<D, T, 1>(acc, row_max, row_sum, pf, qf, {sK + stage * kTileBytes},
+      attend_key_blocks<D, T, 1>(acc, row_max, row_sum, qf, {sK + stage * kTileBytes},
                                  {sV + stage * kTileBytes}, {cur_valid}, p.scale_log2, lane);
-      finish_pv<D>(acc, pf);
       stage ^= 1;
       j = jn;
     }

@@ -1,8 +1,8 @@
 // Tile-skipping attention forward on Hopper, warp-specialised (FlashAttention-3 structure): one
 // producer thread streams K/V key blocks with TMA into a ring of shared-memory stages guarded by
 // mbarriers (full: the TMA bytes landed; empty: every consumer warp released the stage), and two
-// consumer warpgroups each run the online softmax of one 64-row query block with wgmma
-// (attend_key_blocks, shared with the one-warpgroup kernel in attention_sm90.cuh). 384 threads:
+// consumer warpgroups each run the online softmax of one 64-row query block with wgmma (the
+// step's pieces are shared with the one-warpgroup kernel in attention_sm90.cuh). 384 threads:
 // the producer is warpgroup 2, after the consumer warpgroups, and hands registers to them with
 // setmaxnreg (24 vs 240 a thread; at 288 threads with a lone producer warp every thread was capped
 // at 168, because the register file is split among the SM's four sub-partitions).
@@ -13,7 +13,9 @@
 // tiles, both stages released together. The producer, which knows the next stage when it tags
 // this one, marks the pair in the tag, so a consumer never waits for a stage it does not use;
 // otherwise (the next stage is not its own, or ends the stream) it takes one block. A step's P V
-// is not waited for at its end: the next step's S queues behind it (see the consumer loop).
+// is never waited for at its end: with 128-token tiles it is issued after the next step's S and
+// runs under that step's softmax (FA3's intra-warpgroup overlap, Q in shared memory); with
+// 64-token tiles the next S queues behind it (kOverlap, see the consumer loop).
 //
 // A CTA owns query blocks 2x and 2x+1 of one (b, h): the halves of a 128-token tile, or two
 // neighbouring 64-token tiles. The producer walks the union of their key lists (both ascending:
@@ -29,14 +31,17 @@
 // scores are masked to -inf and their probabilities are exactly zero, so any finite padding is
 // harmless (attention_cuda documents the requirement).
 //
-// Tried and dropped (docs/perf-notes.md): FA3's intra-warpgroup overlap (S of the next block
-// issued before P V of this one) ran 0.88-1.01x; consumers walking the union themselves instead
+// Tried and dropped (docs/perf-notes.md): FA3's intra-warpgroup overlap with Q in registers
+// (too few registers: 0.88-1.01x; with Q in shared memory it is kept for 128-token tiles, and
+// ran 0.93x at 64-token tiles); consumers walking the union themselves instead
 // of reading tags put dependent global loads on their critical path (25% slower); FA3's ping-pong
 // with the turns at the tensor cores (a turn from one step's P V to the next step's S) ran 9-11%
 // slower dense (turns around the softmax instead, SoftmaxTurn, are kept); a 7-stage ring (224 KB)
 // instead of 6: 0.95-1.0x.
 #pragma once
 #include <cuda.h>
+
+#include <type_traits>
 
 #include "attention_sm90.cuh"
 #include "sm90_async.cuh"
@@ -50,7 +55,9 @@ struct WsConfig {
   static constexpr int kStages = D == 128 ? 6 : 8;     // 192 KB / 128 KB of ring
   static_assert(kStages >= 2, "a 128-key step holds two stages");
   static constexpr int kRingBytes = kStages * kStageBytes;
-  static constexpr int kSmemBytes = kRingBytes + 1024 + kStages * 24;  // + align, barriers, tags
+  static constexpr int kQBytes = 2 * kTileBytes;  // both query blocks, same layout as a K tile
+  // + alignment slack, barriers, tags (D = 128: 230,544 of the 232,448 bytes an H100 CTA may use)
+  static constexpr int kSmemBytes = kRingBytes + kQBytes + 1024 + kStages * 24;
   static constexpr int kConsumerWarps = 8;
   // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
   // producer gives registers back so that the consumers get 240 each: two S accumulators, O, Q's
@@ -142,7 +149,24 @@ struct RingPos {
   }
 };
 
+// S for a 64-key block with Q in shared memory (same layout as a K tile): the k-steps of both
+// operands advance by the same offsets (see s_gemm).
 template <int D, class T>
+__device__ __forceinline__ void s_gemm_smem_q(float (&s)[32], uint64_t q_desc, uint32_t k_stage) {
+  const uint64_t k_desc = smem_desc_128b(k_stage, 16, 1024);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+    wgmma_ss_s<64, T>(s, desc_advance(q_desc, off), desc_advance(k_desc, off), kk > 0 ? 1 : 0);
+  }
+}
+
+// kOverlap: FlashAttention-3's intra-warpgroup overlap with Q in shared memory (128-token tiles,
+// where a warpgroup's steps mostly follow each other); otherwise Q stays in registers and a step
+// issues its own P V at its end (64-token tiles: the two query blocks' lists interleave, so a step
+// is rarely followed by another of the same warpgroup, and S with both operands in shared memory
+// at N = 64 needs the full shared-memory bandwidth: 0.93x at 4x4x4 with the overlap).
+template <int D, class T, bool kOverlap>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_sm90_ws_kernel(const __grid_constant__ FwdParams p,
                                  const __grid_constant__ CUtensorMap tm_k,
@@ -152,7 +176,8 @@ __global__ void __launch_bounds__(384, 1)
   extern __shared__ __align__(128) unsigned char smem_ws[];
   const uint32_t ring = (smem_u32(smem_ws) + 1023u) & ~1023u;
   static_assert(C::kThreads == 384, "launch bounds");
-  const uint32_t full_bar = ring + C::kRingBytes;  // [kStages] x 8 bytes
+  const uint32_t q_smem = ring + C::kRingBytes;     // [2][tile]: the consumers' Q blocks
+  const uint32_t full_bar = q_smem + C::kQBytes;     // [kStages] x 8 bytes
   const uint32_t empty_bar = full_bar + C::kStages * 8;
   uint32_t* tags = reinterpret_cast<uint32_t*>(smem_ws + (empty_bar + C::kStages * 8 -
                                                           smem_u32(smem_ws)));
@@ -236,9 +261,24 @@ __global__ void __launch_bounds__(384, 1)
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
   setmaxnreg_inc<C::kConsumerRegs>();
-  uint32_t q[D / 16][4];  // Q as wgmma A fragments, straight from global memory
-  const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
-  load_q_fragments<D, T>(q, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid, warp & 3, lane);
+  uint32_t q_frag[kOverlap ? 1 : D / 16][4];  // without the overlap: Q as wgmma A fragments
+  if constexpr (!kOverlap) {
+    const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
+    load_q_fragments<D, T>(q_frag, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid,
+                           warp & 3, lane);
+  } else {  // Q of both query blocks into shared memory (rows past a block's valid count
+            // zero-filled) by all 256 consumer threads; visible to wgmma after the async-proxy
+            // fence and barrier 3.
+    const T* q_rows = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs +
+                      int64_t(blockIdx.x) * 128 * p.q_rs;
+    const CopyPlan90<D, 256> plan;
+    plan.template load<128>(q_smem, q_rows, p.q_rs, q_valid[0], q_valid[1]);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    named_bar_sync(3, 256);
+  }
+  const uint64_t q_desc = smem_desc_128b(q_smem + c * C::kTileBytes, 16, 1024);
 
   // A stage as this warp sees it: wait until it is full, then lane 0 reads its tag and valid count
   // and shares them; lane 0 also releases it (release()).
@@ -260,28 +300,126 @@ __global__ void __launch_bounds__(384, 1)
 
   if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
 
-  // The loop looks at its stage at the top and releases it at the bottom: a loop that carried
-  // the following stage's look over to the next iteration (looking and releasing in both
-  // branches) made ptxas serialize every wgmma (C7520, compiler-inserted warpgroup.arrive on a
-  // divergent path).
-  // A step's P V is left running while the warpgroup looks at its next stage and issues the next
-  // S, which then queues behind it at the tensor cores; the step's stages (`held`) are released
-  // once the next S wait (or finish_pv) has seen the P V done. A stage that is not this
-  // warpgroup's settles the P V first, so at most two held stages plus the next step's two are
-  // ever waited on (of kStages >= 4: no deadlock with the producer).
+  // FlashAttention-3's intra-warpgroup overlap: a step issues its S and then the previous step's
+  // P V, waits for the S only, and runs its softmax while that P V is on the tensor cores; O is
+  // rescaled once the P V is done. So P V of step j is issued in step j + 1 (or at a stage that
+  // is not this warpgroup's, or at the end), and its stages (`held`) are released after it. At
+  // most two held stages plus the next step's two are ever waited on (of kStages >= 4: no
+  // deadlock with the producer). Registers: S (64), P of the previous and of this step (32 each),
+  // O (64); Q is read from shared memory.
   static_assert(C::kStages >= 4, "held stages and the next step's fit in the ring");
-  uint32_t pf[2][4][4];  // P of the step whose P V may still be running
+  uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
+  uint32_t v_prev[2] = {0, 0};
+  int nb_prev = 0;
   Ring at, held;
-  int held_n = 0;
   const auto release_held = [&]() {
-    if (held_n > 0) release(held);
-    if (held_n > 1) {
+    release(held);
+    if (nb_prev > 1) {
       Ring second = held;
       second.advance();
       release(second);
     }
-    held_n = 0;
   };
+  // The previous step's P V at a stage that is not this warpgroup's: issued there and left to run
+  // (`in_flight` of its stages held); at a second such stage, or at the next step's S wait, it is
+  // waited for and its stages released. So the stages held (at most two) are never more than two
+  // stages behind the one looked at.
+  int in_flight = 0;
+  const auto settle_in_flight = [&]() {  // after a wait that covers the in-flight P V
+    fence_operands(acc);
+    if (in_flight > 0) {
+      nb_prev = in_flight;  // release_held counts nb_prev stages
+      release_held();
+      nb_prev = 0, in_flight = 0;
+    }
+  };
+  const auto issue_prev_pv = [&]() {
+    if (nb_prev == 2) {
+      issue_pv<D, T, 2>(acc, p_prev, v_prev);
+    } else if (nb_prev == 1) {
+      issue_pv<D, T, 1>(acc, reinterpret_cast<uint32_t(&)[1][4][4]>(p_prev), {v_prev[0]});
+    }
+    in_flight = nb_prev, nb_prev = 0;
+  };
+  const auto not_my_stage = [&]() {
+    if (nb_prev > 0) {
+      issue_prev_pv();
+    } else if (in_flight > 0) {
+      wgmma_wait<0>();
+      settle_in_flight();
+    }
+  };
+  // One step of NB blocks starting at stage `first`, with the previous step's NBP blocks of P V
+  // (0: none). Instantiated per (NB, NBP), so that every path is straight-line from the S issue to
+  // the last wait and ends with no wgmma in flight (ptxas serialized every wgmma, C7518 / C7520,
+  // when paths with different groups in flight met).
+  const auto step = [&]<int NB, int NBP>(std::integral_constant<int, NB>,
+                                         std::integral_constant<int, NBP>, const Ring& first,
+                                         const uint32_t(&k_tile)[NB], const int(&valid)[NB],
+                                         const SoftmaxTurn& turn) {
+    float s[NB][32];
+#pragma unroll
+    for (int i = 0; i < NB; ++i) fence_operands(s[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      if constexpr (kOverlap) {
+        s_gemm_smem_q<D, T>(s[i], q_desc, k_tile[i]);
+      } else {
+        s_gemm<D, T>(s[i], q_frag, k_tile[i]);
+      }
+    }
+    wgmma_commit();
+    if constexpr (NBP > 0) {
+      issue_pv<D, T, NBP>(acc, reinterpret_cast<uint32_t(&)[NBP][4][4]>(p_prev),
+                          reinterpret_cast<const uint32_t(&)[NBP]>(v_prev));
+      wgmma_wait<1>();  // the S group (the older one) is done; the P V runs on
+    } else {
+      wgmma_wait<0>();  // also any P V left in flight at a stage that was not ours
+      settle_in_flight();
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) fence_operands(s[i]);
+    uint32_t p_cur[NB][4][4];
+    float alpha[2];
+    turn.begin();
+    softmax_blocks<NB, T>(s, row_max, row_sum, p_cur, alpha, valid, p.scale_log2, lane);
+    turn.end();
+    if constexpr (NBP > 0) {
+      wgmma_wait<0>();
+      fence_operands(acc);
+      fence_operands(reinterpret_cast<uint32_t(&)[NBP * 4][4]>(p_prev));
+      release_held();
+    }
+    if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) p_prev[i][t][r] = p_cur[i][t][r];
+      v_prev[i] = k_tile[i] + C::kTileBytes;
+    }
+    nb_prev = NB;
+    held = first;
+    if constexpr (!kOverlap) issue_prev_pv();  // this step's P V, left in flight
+  };
+  const auto step_after = [&]<int NB>(std::integral_constant<int, NB> nb, const Ring& first,
+                                      const uint32_t(&k_tile)[NB], const int(&valid)[NB],
+                                      const SoftmaxTurn& turn) {
+    if constexpr (kOverlap) {
+      if (nb_prev == 2) {
+        step(nb, std::integral_constant<int, 2>{}, first, k_tile, valid, turn);
+        return;
+      }
+      if (nb_prev == 1) {
+        step(nb, std::integral_constant<int, 1>{}, first, k_tile, valid, turn);
+        return;
+      }
+    }
+    step(nb, std::integral_constant<int, 0>{}, first, k_tile, valid, turn);
+  };
+
   while (true) {
     const StageInfo cur = look(at);
     if (cur.tag & C::kEnd) break;
@@ -295,30 +433,21 @@ __global__ void __launch_bounds__(384, 1)
         Ring nx = at;
         nx.advance();
         const StageInfo next = look(nx);
-        const uint32_t k1 = ring + nx.stage * C::kStageBytes;
-        attend_key_blocks<D, T, 2>(acc, row_max, row_sum, pf, q, {k0, k1},
-                                   {k0 + C::kTileBytes, k1 + C::kTileBytes},
-                                   {cur.valid, next.valid}, p.scale_log2, lane, turn);
-        release_held();
-        held = at, held_n = 2;
+        step_after(std::integral_constant<int, 2>{}, at, {k0, ring + nx.stage * C::kStageBytes},
+                   {cur.valid, next.valid}, turn);
         at = nx;
       } else {
-        attend_key_blocks<D, T, 1>(acc, row_max, row_sum, pf, q, {k0}, {k0 + C::kTileBytes},
-                                   {cur.valid}, p.scale_log2, lane, turn);
-        release_held();
-        held = at, held_n = 1;
+        step_after(std::integral_constant<int, 1>{}, at, {k0}, {cur.valid}, turn);
       }
     } else {
-      if (held_n > 0) {
-        finish_pv<D>(acc, pf);
-        release_held();
-      }
+      not_my_stage();
       release(at);
     }
     at.advance();
   }
-  finish_pv<D>(acc, pf);
-  release_held();
+  issue_prev_pv();
+  wgmma_wait<0>();
+  settle_in_flight();
   if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
 
   if (my_qb >= p.num_q_blocks) return;
