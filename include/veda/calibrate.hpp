@@ -33,6 +33,14 @@ std::vector<bool> query_tiles_in_region(const TileLayout& layout, int max_tiles,
 // extents do not exceed the grid's (volume 64; other volumes need explicit candidates).
 std::vector<TileShape> default_candidate_shapes(Grid grid, int volume = kDefaultTileVolume);
 
+// The candidates that use at least as large a share of their slots as `reference` on every grid
+// in `target_grids` (slot_use), in their order: a shape that pads more than the reference on a
+// grid the profile will run on costs more there at the same tile density (16x2x2 on 21x45x80:
+// 64% against 4x4x4's 82%, 1.63x the tile pairs). No target grids: all candidates.
+std::vector<TileShape> shapes_for_target_grids(const std::vector<TileShape>& candidates,
+                                               const std::vector<Grid>& target_grids,
+                                               TileShape reference);
+
 // How calibration picks a head's tile shape from its trials (fitted estimator, target density,
 // aggregated over all of the layer's calibration captures: recall and rel-L2 averaged).
 enum class ShapeCriterion {
@@ -49,6 +57,9 @@ enum class ShapeCriterion {
 struct CalibrationConfig {
   double density = 0.05;
   std::vector<TileShape> candidate_shapes;  // empty: default_candidate_shapes(grid)
+  // Grids the profile will run on (e.g. 21x45x80 for Wan2.1 720p): candidates are limited to
+  // shapes_for_target_grids(candidates, target_grids, fallback_shape). Empty: no limit.
+  std::vector<Grid> target_grids;
   TileShape fallback_shape{4, 4, 4};        // used when choose_shapes is off; kMaxRecallWithinError's reference
   ShapeCriterion shape_criterion = ShapeCriterion::kMaxRecallWithinError;
   // kMaxRecallWithinError: a shape qualifies when its rel-L2 <= reference's * (1 + this) on every

@@ -49,6 +49,11 @@ Result<Grid> token_order_grid(const Grid& grid);
 
 inline constexpr int kDefaultTileVolume = 64;
 
+// The share of slots that hold tokens when `shape` tiles `grid` (no prefix): 1 where the shape
+// divides the grid and fills its slots; 0 for a shape without slots or an empty grid. At one tile
+// density the attention work grows as 1 / slot_use^2.
+double slot_use(Grid grid, TileShape shape);
+
 // One head's layout.
 class TileLayout {
  public:

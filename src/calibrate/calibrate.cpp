@@ -58,6 +58,19 @@ std::vector<TileShape> default_candidate_shapes(Grid grid, int volume) {
   return out;
 }
 
+std::vector<TileShape> shapes_for_target_grids(const std::vector<TileShape>& candidates,
+                                               const std::vector<Grid>& target_grids,
+                                               TileShape reference) {
+  std::vector<TileShape> out;
+  for (const TileShape& s : candidates) {
+    const bool pads_no_more = std::all_of(target_grids.begin(), target_grids.end(), [&](Grid g) {
+      return slot_use(g, s) >= slot_use(g, reference) - 1e-12;
+    });
+    if (pads_no_more) out.push_back(s);
+  }
+  return out;
+}
+
 Result<HeadLayouts> profile_layouts(const LayerProfile& layer, Grid grid, int prefix_tokens) {
   std::vector<TileShape> shapes;
   for (const HeadProfile& h : layer.heads) shapes.push_back(h.tile);
@@ -215,6 +228,23 @@ Result<CalibrationResult> calibrate(const std::vector<Capture>& captures,
         std::erase_if(shapes, [&](const TileShape& s) { return std::find(fit.begin(), fit.end(), s) == fit.end(); });
       }
       if (shapes.empty()) shapes = {config.fallback_shape};
+    }
+    if (config.choose_shapes && !config.target_grids.empty()) {
+      std::vector<TileShape> kept =
+          shapes_for_target_grids(shapes, config.target_grids, config.fallback_shape);
+      std::string dropped;
+      for (const TileShape& s : shapes)
+        if (std::find(kept.begin(), kept.end(), s) == kept.end()) {
+          dropped += fmt::format(" {} (", s.str());
+          for (const Grid& g : config.target_grids)
+            dropped += fmt::format("{}{:.0f}% on {}", &g == &config.target_grids.front() ? "" : ", ",
+                                   100 * slot_use(g, s), g.str());
+          dropped += ")";
+        }
+      if (!dropped.empty())
+        say(fmt::format("layer {}: shapes that pad more than {} on the target grids left out:{}",
+                        layer, config.fallback_shape.str(), dropped));
+      shapes = kept.empty() ? std::vector<TileShape>{config.fallback_shape} : kept;
     }
     for (const TileShape& s : shapes)
       if (s.slots() == 0 || s.slots() != shapes.front().slots())

@@ -171,9 +171,7 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   switch (choose_kernel(info)) {
     case Kernel::kSm90Ws: {
       const cudaError_t err = cuda::launch_attention_sm90_ws(f, elem, head_dim, batch, stream);
-      // cudaErrorNotSupported: strides TMA cannot describe, or unaligned Q rows; then the
-      // one-warpgroup kernel.
-      if (err != cudaErrorNotSupported) {
+      if (err != cudaErrorNotSupported) {  // else: strides TMA cannot describe; one-warpgroup kernel
         VEDA_CUDA_CHECK(err);
         return Status::ok();
       }

@@ -2,6 +2,7 @@
 // overall density, and the profile it writes is valid.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -62,6 +63,37 @@ TEST(CalibrateTest, DefaultShapesFitTheGrid) {
   for (const TileShape& s : shapes) EXPECT_EQ(s.volume(), 64);
   EXPECT_EQ(default_candidate_shapes({16, 16, 28}).size(), 9u);
   EXPECT_TRUE(default_candidate_shapes({8, 16, 16}, 128).empty());
+}
+
+// On Wan2.1's grids 16x2x2 pads 34-36% of its slots (4x4x4 18%), and on 21x30x52 4x2x8 pads
+// slightly more than 4x4x4: target grids leave those out, and calibration then never picks them.
+TEST(CalibrateTest, TargetGridsLeaveOutShapesThatPadMore) {
+  const std::vector<TileShape> all = default_candidate_shapes({16, 16, 28});
+  const TileShape cube{4, 4, 4}, long_t{16, 2, 2}, flat{4, 2, 8};
+  EXPECT_EQ(shapes_for_target_grids(all, {}, cube), all);
+  const std::vector<TileShape> wan720 = shapes_for_target_grids(all, {{21, 45, 80}}, cube);
+  EXPECT_EQ(wan720.size(), all.size() - 1);
+  EXPECT_EQ(std::count(wan720.begin(), wan720.end(), long_t), 0);
+  const std::vector<TileShape> both = shapes_for_target_grids(all, {{21, 45, 80}, {21, 30, 52}}, cube);
+  EXPECT_EQ(both.size(), all.size() - 2);
+  EXPECT_EQ(std::count(both.begin(), both.end(), flat), 0);
+  EXPECT_EQ(std::count(both.begin(), both.end(), cube), 1);
+
+  // A head that attends along time (16 frames: 16x2x2 is a candidate) calibrated for 21x45x80.
+  const uint64_t seed = std::random_device{}();
+  Capture capture = gaussian_capture({16, 16, 16}, {{INFINITY, 1.0, 1.0}}, seed);
+  CalibrationConfig config = fast_config();
+  config.target_grids = {{21, 45, 80}};
+  std::string messages;
+  auto result = calibrate({capture}, config, [&](const std::string& m) { messages += m + "\n"; });
+  ASSERT_TRUE(result) << result.status().to_string();
+  EXPECT_NE(messages.find("16x2x2 (64% on 21x45x80)"), std::string::npos) << messages;
+  const HeadCalibration& head = result->layers.at(0).heads.at(0);
+  EXPECT_EQ(head.trials.size(), wan720.size());
+  for (const ShapeTrial& t : head.trials) EXPECT_NE(t.tile, long_t);
+  const TileShape chosen = result->profile.layers.at(0).heads.at(0).tile;
+  EXPECT_GE(chosen.t, 8) << "seed " << seed << ": temporal head got " << chosen.str();
+  EXPECT_GE(slot_use({21, 45, 80}, chosen), slot_use({21, 45, 80}, cube)) << chosen.str();
 }
 
 TEST(CalibrateTest, ProceduralTemporalHeadGetsATemporalShape) {

@@ -96,7 +96,9 @@ TEST(Cli, BadArgumentsAreRejected) {
   for (const std::string& args :
        {"eval --capture " + capture + " --density 0", "eval --capture " + capture + " --density abc",
         "eval --capture " + capture + " --method bogus", "eval --capture " + capture + " --tile 3x3x3",
-        std::string("eval --capture /nonexistent.safetensors"), std::string("nosuchcommand")}) {
+        std::string("eval --capture /nonexistent.safetensors"), std::string("nosuchcommand"),
+        "calibrate --capture " + capture + " -o /dev/null --target-grid 21x45",
+        "calibrate --capture " + capture + " -o /dev/null --target-grid 0x45x80"}) {
     CommandResult r = run_veda(args);
     EXPECT_NE(r.exit_code, 0) << args;
     EXPECT_FALSE(r.err.empty()) << args;

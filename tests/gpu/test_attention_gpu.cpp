@@ -116,6 +116,18 @@ TEST(AttentionGpuLayouts, Volume128WithPrefix) {
       }
 }
 
+// 128-token tiles at D = 64 and in fp16 (the warp-specialised kernel's other instantiations for
+// them), default kernel.
+TEST(AttentionGpuLayouts, Volume128HeadDim64AndF16) {
+  SKIP_WITHOUT_GPU();
+  auto layouts = HeadLayouts::uniform(Grid{16, 16, 28}, 77, 2, TileShape{4, 4, 8});
+  ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  for (const auto& [dim, dtype] : {std::pair{64, DType::kBF16}, std::pair{64, DType::kF16},
+                                   std::pair{128, DType::kF16}})
+    for (double dens : {1.0, 0.1})
+      run_case(Case{Grid{16, 16, 28}, dim, dtype, 1, dens, 0.1}, *layouts, 17, nullptr);
+}
+
 // The DiT's dense layout: token order in 128-token blocks, the last one ragged (16x16x28 = 7,168
 // tokens = 56 full blocks; 15x16x28 = 6,720 leaves 64 tokens in the last).
 TEST(AttentionGpuLayouts, TokenOrderBlocks) {

@@ -141,6 +141,24 @@ TEST(TileLayoutTest, ShapesThatFitTheGridWithFewerTokensThanSlots) {
   EXPECT_FALSE(TileLayout::make({21, 30, 52}, 0, {1073741825, 64, 1}).is_ok());
 }
 
+// slot_use against the layout itself: valid tokens / (tiles * slots), ragged edges and shapes with
+// fewer tokens than slots included.
+TEST(TileShape, SlotUseMatchesTheLayout) {
+  for (const Grid grid : {Grid{21, 45, 80}, Grid{21, 30, 52}, Grid{16, 16, 28}, Grid{3, 7, 5}}) {
+    for (const TileShape shape : {TileShape{4, 4, 4}, TileShape{16, 2, 2}, TileShape{1, 8, 8},
+                                  TileShape{3, 5, 4}, TileShape{4, 4, 8}}) {
+      auto layout = TileLayout::make(grid, 0, shape);
+      ASSERT_TRUE(layout.is_ok()) << layout.status().to_string();
+      const double expected = double(layout->tokens()) / double(layout->padded_tokens());
+      EXPECT_DOUBLE_EQ(slot_use(grid, shape), expected) << grid.str() << " " << shape.str();
+    }
+  }
+  EXPECT_DOUBLE_EQ(slot_use({16, 16, 28}, {4, 4, 4}), 1.0);
+  EXPECT_NEAR(slot_use({21, 45, 80}, {16, 2, 2}), 75600.0 / (2 * 23 * 40 * 64), 1e-15);
+  EXPECT_EQ(slot_use({16, 16, 28}, {4, 4, 1}), 0.0);  // 16 tokens: no slot count
+  EXPECT_EQ(slot_use({0, 16, 28}, {4, 4, 4}), 0.0);
+}
+
 TEST(TileLayoutTest, RaggedEdgeCounts) {
   // 21x30x52 with 4x4x4: 6x8x13 tiles; the last t slab holds 1 frame, the last h row 2 rows.
   auto layout = TileLayout::make({21, 30, 52}, 0, {4, 4, 4});

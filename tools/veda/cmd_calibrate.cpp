@@ -3,7 +3,6 @@
 #include <fmt/core.h>
 
 #include <chrono>
-#include <sstream>
 
 #include "command.hpp"
 #include "eval_output.hpp"
@@ -18,6 +17,7 @@ struct CalibrateOptions {
   double density = 0.05;
   std::string output;
   std::string shapes;  // empty: the default candidates that fit the grid
+  std::string target_grids;  // empty: no limit
   std::string budget_scales = "0.5,0.75,1,1.5,2";
   std::string mode = "topk";
   std::string region = "all";
@@ -25,22 +25,20 @@ struct CalibrateOptions {
   bool no_fit = false, no_shapes = false, no_split = false;
 };
 
-Result<std::vector<TileShape>> parse_shapes(const std::string& csv) {
-  std::vector<TileShape> shapes;
-  std::stringstream ss(csv);
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (item.empty()) continue;
-    VEDA_ASSIGN_OR_RETURN(TileShape s, TileShape::parse(item));
-    shapes.push_back(s);
+// Each comma-separated item parsed by `parse` (TileShape::parse, Grid::parse).
+template <class T>
+Result<std::vector<T>> parse_each(const std::string& csv, Result<T> (*parse)(std::string_view)) {
+  std::vector<T> out;
+  for (const std::string& item : split_csv(csv)) {
+    VEDA_ASSIGN_OR_RETURN(T value, parse(item));
+    out.push_back(value);
   }
-  return shapes;
+  return out;
 }
 
 Result<std::vector<double>> parse_scales(const std::string& csv) {
   std::vector<double> scales;
-  std::stringstream ss(csv);
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (item.empty()) continue;
+  for (const std::string& item : split_csv(csv)) {
     char* end = nullptr;
     const double v = std::strtod(item.c_str(), &end);
     if (end == item.c_str() || *end != '\0' || !(v > 0))
@@ -62,6 +60,9 @@ RunFn setup_calibrate(CLI::App& sub) {
                  "comma-separated candidate tile shapes TxHxW of one slot count (default: the 64-token shapes "
                  "that fit the grid); shapes are compared at one tile density, so a shape with "
                  "fewer tokens than slots (3x5x4) costs more tiles on grids it does not fit");
+  sub.add_option("--target-grid", opt->target_grids,
+                 "comma-separated grids TxHxW the profile will run on (21x45x80 for Wan2.1 720p, "
+                 "21x30x52 for 480p): candidate shapes that pad more than 4x4x4 there are left out");
   sub.add_option("--budget-scales", opt->budget_scales,
                  "head density multipliers the budget split may use (must include 1)")
       ->capture_default_str();
@@ -79,7 +80,8 @@ RunFn setup_calibrate(CLI::App& sub) {
   return [opt]() -> Status {
     CalibrationConfig config;
     config.density = opt->density;
-    VEDA_ASSIGN_OR_RETURN(config.candidate_shapes, parse_shapes(opt->shapes));
+    VEDA_ASSIGN_OR_RETURN(config.candidate_shapes, parse_each(opt->shapes, &TileShape::parse));
+    VEDA_ASSIGN_OR_RETURN(config.target_grids, parse_each(opt->target_grids, &Grid::parse));
     VEDA_ASSIGN_OR_RETURN(config.budget_scales, parse_scales(opt->budget_scales));
     VEDA_ASSIGN_OR_RETURN(config.mode, parse_select_mode(opt->mode));
     VEDA_ASSIGN_OR_RETURN(config.query_region, parse_query_region(opt->region));

@@ -4,6 +4,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,5 +21,14 @@ struct Command {
 
 bool register_command(Command command);
 const std::vector<Command>& registered_commands();
+
+// The non-empty items of a comma-separated option value ("0.1,0.05" -> {"0.1", "0.05"}).
+inline std::vector<std::string> split_csv(const std::string& csv) {
+  std::vector<std::string> parts;
+  std::stringstream ss(csv);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) parts.push_back(item);
+  return parts;
+}
 
 }  // namespace veda::cli

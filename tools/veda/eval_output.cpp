@@ -2,21 +2,11 @@
 
 #include <fmt/core.h>
 
-#include <sstream>
 
+#include "command.hpp"
 #include "table.hpp"
 
 namespace veda::cli {
-
-namespace {
-std::vector<std::string> split_csv(const std::string& csv) {
-  std::vector<std::string> parts;
-  std::stringstream ss(csv);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) parts.push_back(item);
-  return parts;
-}
-}  // namespace
 
 Result<std::vector<double>> parse_densities(const std::string& csv) {
   std::vector<double> densities;

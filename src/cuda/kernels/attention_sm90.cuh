@@ -5,8 +5,8 @@
 // products are warpgroup MMAs: S[64xN] = Q K^T with Q as register A fragments (loaded once,
 // straight from global memory) and K read K-major from shared memory; then O[64xD] += P V with
 // P from registers (the f32 accumulator layout of S, rounded to the input type, is the A-fragment
-// layout) and V read N-major from shared memory (transposed operand), k-steps past the valid keys
-// skipped. QB warpgroups per CTA
+// layout) and V read N-major from shared memory (transposed operand; past a ragged block's valid
+// keys P is zero and the rows zero-filled). QB warpgroups per CTA
 // share one key list (QB = 2: the halves of a 128-token tile, or neighbouring tiles in dense
 // mode), so each K/V block is loaded once for 128 query rows.
 //
@@ -147,10 +147,9 @@ __device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha
   }
 }
 
-// The P V wgmmas without their commit (the caller commits the group).
 template <int D, class T, int NB>
-__device__ __forceinline__ void issue_pv_blocks(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
-                                                const uint32_t (&v_tile)[NB]) {
+__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
+                                         const uint32_t (&v_tile)[NB]) {
   fence_operands(acc);
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
@@ -165,12 +164,6 @@ __device__ __forceinline__ void issue_pv_blocks(float (&acc)[D / 2], uint32_t (&
 #pragma unroll
     for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc, t * 2048));
   }
-}
-
-template <int D, class T, int NB>
-__device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
-                                         const uint32_t (&v_tile)[NB]) {
-  issue_pv_blocks<D, T, NB>(acc, pf, v_tile);
   wgmma_commit();
 }
 

@@ -60,9 +60,9 @@ struct WsConfig {
   static constexpr int kSmemBytes = kRingBytes + kQBytes + 1024 + kStages * 24;
   static constexpr int kConsumerWarps = 8;
   // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
-  // producer gives registers back so that the consumers get 240 each: two S accumulators, O, Q's
-  // A fragments, and P of the step whose P V still runs while the next S is issued (at 232, ptxas
-  // serialized every wgmma: C7512). The pool is what the launch gave the CTA, 168 a thread, and
+  // producer gives registers back so that the consumers get 240 each: two S accumulators, O, and
+  // P of the step whose P V still runs while the next S is issued, plus Q's A fragments without
+  // kOverlap or the next P with it (at 232, ptxas serialized every wgmma: C7512). The pool is what the launch gave the CTA, 168 a thread, and
   // setmaxnreg.inc waits until its registers are free: 128 * 24 + 256 * 240 <= 384 * 168 (with 32
   // for the producer the consumers waited forever).
   static constexpr int kThreads = 384;
@@ -303,37 +303,37 @@ __global__ void __launch_bounds__(384, 1)
   // FlashAttention-3's intra-warpgroup overlap: a step issues its S and then the previous step's
   // P V, waits for the S only, and runs its softmax while that P V is on the tensor cores; O is
   // rescaled once the P V is done. So P V of step j is issued in step j + 1 (or at a stage that
-  // is not this warpgroup's, or at the end), and its stages (`held`) are released after it. At
-  // most two held stages plus the next step's two are ever waited on (of kStages >= 4: no
-  // deadlock with the producer). Registers: S (64), P of the previous and of this step (32 each),
-  // O (64); Q is read from shared memory.
-  static_assert(C::kStages >= 4, "held stages and the next step's fit in the ring");
+  // is not this warpgroup's, or at the end), and its stages (`held`) are released after it.
+  // Registers: S (64), P of the previous and of this step (32 each), O (64); Q is read from
+  // shared memory. Without kOverlap a step issues its own P V at its end instead.
+  // Deadlock bound: a warpgroup waits on stages at most 4 past its first held one (kOverlap: a held
+  // pair a, a+1, a+2 not its own, then a pair a+3, a+4), 3 without kOverlap; the producer can fill
+  // up to kStages - 1 past it. (With 128-token tiles both query blocks share one key list, so a
+  // stage that is not a warpgroup's own only comes to one whose block holds no tokens.)
+  static_assert(C::kStages >= (kOverlap ? 5 : 4), "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
   uint32_t v_prev[2] = {0, 0};
   int nb_prev = 0;
   Ring at, held;
-  const auto release_held = [&]() {
+  const auto release_held = [&](int stages) {  // `stages` (1 or 2) from `held` on
     release(held);
-    if (nb_prev > 1) {
+    if (stages > 1) {
       Ring second = held;
       second.advance();
       release(second);
     }
   };
-  // The previous step's P V at a stage that is not this warpgroup's: issued there and left to run
-  // (`in_flight` of its stages held); at a second such stage, or at the next step's S wait, it is
-  // waited for and its stages released. So the stages held (at most two) are never more than two
-  // stages behind the one looked at.
+  // A P V issued and left to run (`in_flight` of its stages held from `held`): without kOverlap
+  // every step's own, with it the previous step's at a stage that is not this warpgroup's. It is
+  // waited for at the next step's S wait or at the next stage that is not this warpgroup's.
   int in_flight = 0;
   const auto settle_in_flight = [&]() {  // after a wait that covers the in-flight P V
     fence_operands(acc);
-    if (in_flight > 0) {
-      nb_prev = in_flight;  // release_held counts nb_prev stages
-      release_held();
-      nb_prev = 0, in_flight = 0;
-    }
+    if (in_flight > 0) release_held(in_flight);
+    in_flight = 0;
   };
   const auto issue_prev_pv = [&]() {
+    if (nb_prev == 0) return;
     if (nb_prev == 2) {
       issue_pv<D, T, 2>(acc, p_prev, v_prev);
     } else if (nb_prev == 1) {
@@ -389,7 +389,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       fence_operands(acc);
       fence_operands(reinterpret_cast<uint32_t(&)[NBP * 4][4]>(p_prev));
-      release_held();
+      release_held(NBP);
     }
     if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
 #pragma unroll

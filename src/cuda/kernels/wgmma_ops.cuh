@@ -1,7 +1,10 @@
-// wgmma wrappers (generated once by a script; regular enough to read), the two forms the
-// attention kernels use: m64nNk16 with f32 accumulators and A from registers.
-// wgmma_rs_s: B K-major from shared memory (S = Q K^T, N = 64 keys); scale_d = 0 overwrites D.
-// wgmma_rs_tb: B N-major from shared memory (transposed; O += P V, N = head_dim), D += A * B.
+// wgmma wrappers (generated once by a script; regular enough to read), the forms the attention
+// kernels use: m64nNk16 with f32 accumulators.
+// wgmma_rs_s: A from registers, B K-major from shared memory (S = Q K^T, N = 64 keys); scale_d = 0
+//   overwrites D.
+// wgmma_ss_s: as wgmma_rs_s with A (Q) K-major from shared memory too.
+// wgmma_rs_tb: A from registers, B N-major from shared memory (transposed; O += P V, N =
+//   head_dim), D += A * B.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
