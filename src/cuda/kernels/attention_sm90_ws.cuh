@@ -62,9 +62,10 @@ struct WsConfig {
   // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
   // producer gives registers back so that the consumers get 240 each: two S accumulators, O, and
   // P of the step whose P V still runs while the next S is issued, plus Q's A fragments without
-  // kOverlap or the next P with it (at 232, ptxas serialized every wgmma: C7512). The pool is what the launch gave the CTA, 168 a thread, and
-  // setmaxnreg.inc waits until its registers are free: 128 * 24 + 256 * 240 <= 384 * 168 (with 32
-  // for the producer the consumers waited forever).
+  // kOverlap or the next P with it (at 232, ptxas serialized every wgmma: C7512). The pool is
+  // what the launch gave the CTA, 168 a thread, and setmaxnreg.inc waits until its registers are
+  // free: 128 * 24 + 256 * 240 <= 384 * 168 (with 32 for the producer the consumers waited
+  // forever).
   static constexpr int kThreads = 384;
   static constexpr uint32_t kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "register pool");
@@ -310,7 +311,8 @@ __global__ void __launch_bounds__(384, 1)
   // pair a, a+1, a+2 not its own, then a pair a+3, a+4), 3 without kOverlap; the producer can fill
   // up to kStages - 1 past it. (With 128-token tiles both query blocks share one key list, so a
   // stage that is not a warpgroup's own only comes to one whose block holds no tokens.)
-  static_assert(C::kStages >= (kOverlap ? 5 : 4), "held stages and the next step's fit in the ring");
+  static_assert(C::kStages >= (kOverlap ? 5 : 4),
+                "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
   uint32_t v_prev[2] = {0, 0};
   int nb_prev = 0;
