@@ -64,9 +64,8 @@ std::string TileShape::str() const { return fmt::format("{}x{}x{}", t, h, w); }
 
 double slot_use(Grid grid, TileShape shape) {
   if (shape.slots() == 0 || grid.t <= 0 || grid.h <= 0 || grid.w <= 0) return 0;
-  const auto tiles_along = [](int extent, int tile) { return int64_t(extent + tile - 1) / tile; };
-  const int64_t tiles = tiles_along(grid.t, shape.t) * tiles_along(grid.h, shape.h) *
-                        tiles_along(grid.w, shape.w);
+  const int64_t tiles = int64_t(ceil_div(grid.t, shape.t)) * ceil_div(grid.h, shape.h) *
+                        ceil_div(grid.w, shape.w);
   return double(grid.tokens()) / (double(tiles) * shape.slots());
 }
 

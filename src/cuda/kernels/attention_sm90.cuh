@@ -72,6 +72,18 @@ __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 1
                       kk > 0 ? 1 : 0);
 }
 
+// S for a 64-key block with Q in shared memory (same layout as a K tile, `q_desc`): the k-steps
+// of both operands advance by the same offsets (see the register-Q s_gemm above).
+template <int D, class T>
+__device__ __forceinline__ void s_gemm(float (&s)[32], uint64_t q_desc, uint32_t k_stage) {
+  const uint64_t k_desc = smem_desc_128b(k_stage, 16, 1024);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+    wgmma_ss_s<64, T>(s, desc_advance(q_desc, off), desc_advance(k_desc, off), kk > 0 ? 1 : 0);
+  }
+}
+
 // Q rows of one 64-row block straight from global memory into wgmma A fragments: warp w of the
 // warpgroup holds rows 16w + lane/4 and + 8, columns 16*kk + 2*(lane & 3) + {0, 1} and + 8.
 // Rows past `valid` stay zero.
@@ -105,8 +117,10 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 //                   group.
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
 // either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
-template <int D, class T, int NB>
-__device__ __forceinline__ void issue_s(float (&s)[NB][32], const uint32_t (&q)[D / 16][4],
+// Q: register A fragments (uint32_t[D / 16][4]) or a shared-memory descriptor (uint64_t), as the
+// s_gemm overloads take it.
+template <int D, class T, int NB, class Q>
+__device__ __forceinline__ void issue_s(float (&s)[NB][32], const Q& q,
                                         const uint32_t (&k_tile)[NB]) {
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);

@@ -150,18 +150,6 @@ struct RingPos {
   }
 };
 
-// S for a 64-key block with Q in shared memory (same layout as a K tile): the k-steps of both
-// operands advance by the same offsets (see s_gemm).
-template <int D, class T>
-__device__ __forceinline__ void s_gemm_smem_q(float (&s)[32], uint64_t q_desc, uint32_t k_stage) {
-  const uint64_t k_desc = smem_desc_128b(k_stage, 16, 1024);
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-    wgmma_ss_s<64, T>(s, desc_advance(q_desc, off), desc_advance(k_desc, off), kk > 0 ? 1 : 0);
-  }
-}
-
 // kOverlap: FlashAttention-3's intra-warpgroup overlap with Q in shared memory (128-token tiles,
 // where a warpgroup's steps mostly follow each other); otherwise Q stays in registers and a step
 // issues its own P V at its end (64-token tiles: the two query blocks' lists interleave, so a step
@@ -338,7 +326,7 @@ __global__ void __launch_bounds__(384, 1)
     if (nb_prev == 0) return;
     if (nb_prev == 2) {
       issue_pv<D, T, 2>(acc, p_prev, v_prev);
-    } else if (nb_prev == 1) {
+    } else {
       issue_pv<D, T, 1>(acc, reinterpret_cast<uint32_t(&)[1][4][4]>(p_prev), {v_prev[0]});
     }
     in_flight = nb_prev, nb_prev = 0;
@@ -360,18 +348,11 @@ __global__ void __launch_bounds__(384, 1)
                                          const uint32_t(&k_tile)[NB], const int(&valid)[NB],
                                          const SoftmaxTurn& turn) {
     float s[NB][32];
-#pragma unroll
-    for (int i = 0; i < NB; ++i) fence_operands(s[i]);
-    wgmma_fence();
-#pragma unroll
-    for (int i = 0; i < NB; ++i) {
-      if constexpr (kOverlap) {
-        s_gemm_smem_q<D, T>(s[i], q_desc, k_tile[i]);
-      } else {
-        s_gemm<D, T>(s[i], q_frag, k_tile[i]);
-      }
+    if constexpr (kOverlap) {
+      issue_s<D, T, NB>(s, q_desc, k_tile);
+    } else {
+      issue_s<D, T, NB>(s, q_frag, k_tile);
     }
-    wgmma_commit();
     if constexpr (NBP > 0) {
       issue_pv<D, T, NBP>(acc, reinterpret_cast<uint32_t(&)[NBP][4][4]>(p_prev),
                           reinterpret_cast<const uint32_t(&)[NBP]>(v_prev));
