@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -36,6 +37,8 @@ Status check_cuda_params(const AttentionParams& p) {
                                         p.heads, p.num_tiles));
   if (p.batch > 65535 || p.heads > 65535)
     return unsupported("attention_cuda: batch and heads must each be <= 65535");
+  if ((int64_t(p.num_tiles) * (p.tile_size / 64) + 1) / 2 * p.heads * p.batch > INT32_MAX)
+    return unsupported("attention_cuda: more than 2^31 - 1 pairs of 64-row query blocks");
   if (p.tokens != int64_t(p.num_tiles) * p.tile_size)
     return invalid_argument(fmt::format("attention_cuda: tokens {} != num_tiles {} * tile_size {}",
                                         p.tokens, p.num_tiles, p.tile_size));
@@ -123,6 +126,13 @@ int query_blocks(const AttentionParams& p) {
   return qb;
 }
 
+// CTAs of the warp-specialised kernel's persistent grid: one an SM; VEDA_ATTN_CTAS sets it (tests
+// run many items a CTA on small shapes).
+int ws_ctas(const DeviceInfo& info) {
+  if (const char* env = std::getenv("VEDA_ATTN_CTAS")) return std::max(1, std::atoi(env));
+  return info.sms;
+}
+
 }  // namespace
 
 bool cuda_device_available() {
@@ -170,7 +180,8 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   const int batch = int(p.batch), head_dim = int(p.head_dim);
   switch (choose_kernel(info)) {
     case Kernel::kSm90Ws: {
-      const cudaError_t err = cuda::launch_attention_sm90_ws(f, elem, head_dim, batch, stream);
+      const cudaError_t err = cuda::launch_attention_sm90_ws(f, elem, head_dim, batch,
+                                                             ws_ctas(info), stream);
       if (err != cudaErrorNotSupported) {  // else: strides TMA cannot describe; one-warpgroup kernel
         VEDA_CUDA_CHECK(err);
         return Status::ok();

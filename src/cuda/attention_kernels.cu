@@ -83,7 +83,7 @@ bool encode_kv_map(CUtensorMap* map, const void* base, CUtensorMapDataType type,
 }
 
 template <int D, class T>
-cudaError_t launch_sm90_ws(const FwdParams& f, int batch, cudaStream_t stream) {
+cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t stream) {
   constexpr auto type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
                                                   : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   CUtensorMap tm_k{}, tm_v{};
@@ -96,9 +96,21 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, cudaStream_t stream) {
     static const cudaError_t attr_err =  // once per kernel instantiation
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (attr_err != cudaSuccess) return attr_err;
-    dim3 grid((f.num_q_blocks + 1) / 2, f.heads, batch);
-    kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v);
-    return cudaGetLastError();
+    const int64_t items = int64_t((f.num_q_blocks + 1) / 2) * f.heads * batch;
+    if (items > INT32_MAX || ctas < 1) return cudaErrorInvalidValue;
+    const int grid = int(std::min<int64_t>(items, ctas));
+    // The dynamic schedule's counter: stream-ordered, one per launch, so that launches on other
+    // streams never share it.
+    unsigned* taken = nullptr;
+    cudaError_t err = cudaMallocAsync(&taken, sizeof(unsigned), stream);
+    if (err != cudaSuccess) return err;
+    err = cudaMemsetAsync(taken, 0, sizeof(unsigned), stream);
+    if (err == cudaSuccess) {
+      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, int(items), taken);
+      err = cudaGetLastError();
+    }
+    const cudaError_t free_err = cudaFreeAsync(taken, stream);
+    return err != cudaSuccess ? err : free_err;
   };
   // The intra-warpgroup overlap pays where a CTA's two query blocks are one 128-token tile. It has
   // run on a GPU at D = 128, bf16 only; D = 64 and fp16 keep the schedule without it until then.
@@ -176,9 +188,9 @@ cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, i
 }
 
 cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
-                                     cudaStream_t stream) {
+                                     int ctas, cudaStream_t stream) {
   return dispatch(elem, head_dim, 1, [&](auto t, auto d, auto) {
-    return launch_sm90_ws<decltype(d)::value, decltype(t)>(f, batch, stream);
+    return launch_sm90_ws<decltype(d)::value, decltype(t)>(f, batch, ctas, stream);
   });
 }
 

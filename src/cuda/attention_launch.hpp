@@ -45,9 +45,10 @@ bool sm90_kernel_available();
 cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream);
 // Warp-specialised Hopper kernel (TMA producer + two wgmma consumer warpgroups; same availability
-// as the sm90 kernel). cudaErrorNotSupported when TMA cannot describe q/k/v's strides.
+// as the sm90 kernel), a persistent grid of at most `ctas` CTAs (one an SM fills the GPU).
+// cudaErrorNotSupported when TMA cannot describe q/k/v's strides.
 cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
-                                     cudaStream_t stream);
+                                     int ctas, cudaStream_t stream);
 cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi);
 
 }  // namespace veda::cuda

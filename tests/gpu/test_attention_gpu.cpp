@@ -170,6 +170,42 @@ TEST(AttentionGpuLayouts, FewerTokensThanSlots) {
   }
 }
 
+// The warp-specialised kernel's grid is persistent (a CTA an SM takes item after item); capped at
+// two CTAs, small shapes run many items a CTA: 64-token tiles with empty rows, 128-token tiles
+// with prefix tokens (the overlap schedule), and per-head shapes whose shorter heads leave whole
+// items empty. `Tiny` is small enough for racecheck.
+struct TwoCtas {
+  TwoCtas() { setenv("VEDA_ATTN_CTAS", "2", 1); }
+  ~TwoCtas() { unsetenv("VEDA_ATTN_CTAS"); }
+};
+
+TEST(AttentionGpuLayouts, PersistentGridTiny) {
+  SKIP_WITHOUT_GPU();
+  const TwoCtas two_ctas;
+  for (const TileShape shape : {TileShape{4, 4, 4}, TileShape{4, 4, 8}}) {
+    auto layouts = HeadLayouts::uniform(Grid{4, 8, 16}, 0, 2, shape);
+    ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+    for (double dens : {1.0, 0.5})
+      run_case(Case{Grid{4, 8, 16}, 128, DType::kBF16, 2, dens, dens < 1.0 ? 0.25 : 0.0},
+               *layouts, 31, nullptr);
+  }
+}
+
+TEST(AttentionGpuLayouts, PersistentGrid) {
+  SKIP_WITHOUT_GPU();
+  const TwoCtas two_ctas;
+  auto cubes = HeadLayouts::uniform(Grid{16, 16, 28}, 0, 2, TileShape{4, 4, 4});
+  auto halves = HeadLayouts::uniform(Grid{16, 16, 28}, 77, 2, TileShape{4, 4, 8});
+  auto mixed = HeadLayouts::make(Grid{16, 16, 28}, 5,
+                                 {TileShape{4, 4, 4}, TileShape{16, 2, 2}, TileShape{1, 8, 8}});
+  ASSERT_TRUE(cubes.is_ok() && halves.is_ok() && mixed.is_ok());
+  run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, 0.05, 0.15}, *cubes, 51, nullptr);
+  for (double dens : {1.0, 0.1})
+    run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *halves, 52, nullptr);
+  for (double dens : {1.0, 0.05})
+    run_case(Case{Grid{16, 16, 28}, 64, DType::kF16, 1, dens, 0.0, 3}, *mixed, 53, nullptr);
+}
+
 TEST(AttentionGpuLayouts, AllRowsEmpty) {
   SKIP_WITHOUT_GPU();
   auto layouts = HeadLayouts::uniform(Grid{4, 8, 8}, 0, 1, TileShape{4, 4, 4});

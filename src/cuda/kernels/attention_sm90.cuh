@@ -37,8 +37,9 @@ struct CopyPlan90 {
   static_assert(kRowStep % 8 == 0, "row step must keep (row & 7) fixed");
   int row0, col;
   uint32_t smem_off;
-  __device__ __forceinline__ CopyPlan90() {
-    const int t = threadIdx.x, c = t % kChunks;
+  // t: the thread's index among the kThreads that copy.
+  __device__ __forceinline__ explicit CopyPlan90(int t) {
+    const int c = t % kChunks;
     row0 = t / kChunks;
     col = c * 8;
     smem_off = uint32_t((c >> 3) * 8192 + row0 * 128 + (((c & 7) ^ (row0 & 7)) << 4));
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(128 * QB, (QB == 1 ? kSm90CtasPerSm : 1))
   const uint32_t base = (smem_u32(smem_raw90) + 1023u) & ~1023u;
   const uint32_t sK = base;                 // [2][tile]
   const uint32_t sV = sK + 2 * kTileBytes;  // [2][tile]
-  const CopyPlan90<D, kThreads> plan;
+  const CopyPlan90<D, kThreads> plan(threadIdx.x);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp >> 2;  // warpgroup = 64-row block of this CTA

@@ -17,9 +17,13 @@
 // runs under that step's softmax (FA3's intra-warpgroup overlap, Q in shared memory); with
 // 64-token tiles the next S queues behind it (kOverlap, see the consumer loop).
 //
-// A CTA owns query blocks 2x and 2x+1 of one (b, h): the halves of a 128-token tile, or two
-// neighbouring 64-token tiles. The producer walks the union of their key lists (both ascending:
-// the TileMask contract) and tags each stage with the consumers that need it, so a key block in
+// The grid is persistent, one CTA an SM, and takes work items dynamically (an atomic counter): an
+// item is query blocks 2x and 2x+1 of one (b, h), the halves of a 128-token tile, or two
+// neighbouring 64-token tiles. The producer streams one item's stages after another, so the next
+// item's first K/V loads run under this one's last steps and output stores (no CTA launch, Q load
+// or pipeline fill between items): 1.04-1.08x at wan14b in token order, 1.00x at 4x4x4 (H200).
+// For each item the producer walks the union of the two blocks' key lists (both ascending: the
+// TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
 // and a block in one list once for 64. A stage's tag and valid-key count sit in shared memory
 // beside it: the producer's lane writes them before its arrival on the full barrier (release),
@@ -37,7 +41,8 @@
 // of reading tags put dependent global loads on their critical path (25% slower); FA3's ping-pong
 // with the turns at the tensor cores (a turn from one step's P V to the next step's S) ran 9-11%
 // slower dense (turns around the softmax instead, SoftmaxTurn, are kept); a 7-stage ring (224 KB)
-// instead of 6: 0.95-1.0x.
+// instead of 6: 0.95-1.0x; a static persistent split (item n, n + gridDim.x, ...): 0.95-1.03x of
+// one item a CTA, where the dynamic schedule is 1.00-1.10x.
 #pragma once
 #include <cuda.h>
 
@@ -71,7 +76,8 @@ struct WsConfig {
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "register pool");
   // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c starts a step here and
   // takes the next stage too, as one 128-key step; kTurn, both start a step of the same length
-  // here and take their softmaxes in turn (SoftmaxTurn); kEnd alone, the stream ends here.
+  // here and take their softmaxes in turn (SoftmaxTurn); kEnd alone, the item ends here (the
+  // stage's valid slot holds the next item).
   static constexpr uint32_t kPairShift = 2;
   static constexpr uint32_t kTurn = 1u << 4;
   static constexpr uint32_t kEnd = 0x80000000u;
@@ -150,6 +156,38 @@ struct RingPos {
   }
 };
 
+// A work item: query blocks 2x and 2x+1 of one (b, h), with their valid rows and key lists (count
+// 0 when a block holds no tokens). Items are numbered x fastest, then heads, then batch, the order
+// of a non-persistent grid, so that the CTAs running at one time share their heads' K/V in L2.
+struct WsItem {
+  int x, h, b;
+  int q_valid[2];
+  KeyListUnion keys;
+};
+__device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
+  const int gx = (p.num_q_blocks + 1) / 2;
+  WsItem it{};
+  it.x = w % gx;
+  it.h = (w / gx) % p.heads;
+  it.b = w / gx / p.heads;
+  const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int qb = it.x * 2 + c;
+    it.q_valid[c] = qb < p.num_q_blocks ? query_block_valid(p, valid_h, qb) : 0;
+    it.keys.count[c] = 0, it.keys.list[c] = nullptr;
+    if (it.q_valid[c] > 0) {
+      it.keys.count[c] = p.num_tiles;
+      if (p.mask_counts) {
+        const int64_t r = (int64_t(it.b) * p.heads + it.h) * p.num_tiles + qb / p.subs;
+        it.keys.count[c] = __ldg(p.mask_counts + r);
+        it.keys.list[c] = p.mask_indices + r * p.max_k;
+      }
+    }
+  }
+  return it;
+}
+
 // kOverlap: FlashAttention-3's intra-warpgroup overlap with Q in shared memory (128-token tiles,
 // where a warpgroup's steps mostly follow each other); otherwise Q stays in registers and a step
 // issues its own P V at its end (64-token tiles: the two query blocks' lists interleave, so a step
@@ -159,7 +197,8 @@ template <int D, class T, bool kOverlap>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_sm90_ws_kernel(const __grid_constant__ FwdParams p,
                                  const __grid_constant__ CUtensorMap tm_k,
-                                 const __grid_constant__ CUtensorMap tm_v) {
+                                 const __grid_constant__ CUtensorMap tm_v, int num_items,
+                                 unsigned* items_taken) {
   using C = WsConfig<D>;
   using Ring = RingPos<C::kStages>;
   extern __shared__ __align__(128) unsigned char smem_ws[];
@@ -173,8 +212,6 @@ __global__ void __launch_bounds__(384, 1)
   int32_t* valids = reinterpret_cast<int32_t*>(tags + C::kStages);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int32_t* valid_h = p.tile_valid + int64_t(h) * p.num_tiles;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -185,88 +222,63 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
 
-  // Query blocks of this CTA and their key lists (count 0 when the block holds no tokens).
-  int q_valid[2];
-  KeyListUnion keys{};
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const int qb = blockIdx.x * 2 + c;
-    q_valid[c] = 0, keys.count[c] = 0, keys.list[c] = nullptr;
-    if (qb < p.num_q_blocks) q_valid[c] = query_block_valid(p, valid_h, qb);
-    if (q_valid[c] > 0) {
-      keys.count[c] = p.num_tiles;
-      if (p.mask_counts) {
-        const int64_t r = (int64_t(b) * p.heads + h) * p.num_tiles + qb / p.subs;
-        keys.count[c] = __ldg(p.mask_counts + r);
-        keys.list[c] = p.mask_indices + r * p.max_k;
-      }
-    }
-  }
-
+  // The grid is persistent with a dynamic schedule: CTA n starts with item n; the items past the
+  // grid go to whichever CTA asks first (`items_taken`, zeroed before the launch), so an SM that
+  // runs faster takes more of them. The producer asks when it starts an item, streams the items
+  // back to back and ends each with a kEnd stage that carries the next item's index to the
+  // consumers, so the next item's K/V loads run under this item's last steps and output stores.
   if (warp >= 8) {  // producer warpgroup: one thread issues everything
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp != 8 || lane != 0) return;
     tma_prefetch_descriptor(&tm_k);
     tma_prefetch_descriptor(&tm_v);
     Ring at;
-    KeyBlockStream cur{keys, valid_h, p.subs};
-    cur.advance();
-    KeyBlockStream next = cur;
-    next.advance();
-    uint32_t second = 0;  // bit c: this stage is the second of consumer c's 128-key step
-    for (; cur.need; cur = next, next.advance()) {
-      mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
-      const uint32_t start = cur.need & ~second;  // consumers whose step starts here
-      const uint32_t pair = start & next.need;    // ... and takes the next stage too
-      const bool turn = start == 3u && (pair == 0u || pair == 3u);
-      tags[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u);
-      second = pair;
-      valids[at.stage] = block_valid(cur.tile_valid, cur.sub);
-      const uint32_t bar = full_bar + 8 * at.stage;
-      mbar_arrive_expect_tx(bar, C::kStageBytes);
-      const uint32_t dst = ring + at.stage * C::kStageBytes;
-      const int row = cur.tile * p.tile_size + cur.sub * 64;
+    // The next item's index waits in shared memory: the producer's 24 registers hold no more.
+    __shared__ int next_item;
+    for (int w = blockIdx.x; w < num_items; w = next_item) {
+      next_item = int(gridDim.x + atomicAdd(items_taken, 1u));
+      const WsItem it = ws_item(p, w);
+      const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
+      KeyBlockStream cur{it.keys, valid_h, p.subs};
+      cur.advance();
+      KeyBlockStream next = cur;
+      next.advance();
+      uint32_t second = 0;  // bit c: this stage is the second of consumer c's 128-key step
+      for (; cur.need; cur = next, next.advance()) {
+        mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
+        const uint32_t start = cur.need & ~second;  // consumers whose step starts here
+        const uint32_t pair = start & next.need;    // ... and takes the next stage too
+        const bool turn = start == 3u && (pair == 0u || pair == 3u);
+        tags[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u);
+        second = pair;
+        valids[at.stage] = block_valid(cur.tile_valid, cur.sub);
+        const uint32_t bar = full_bar + 8 * at.stage;
+        mbar_arrive_expect_tx(bar, C::kStageBytes);
+        const uint32_t dst = ring + at.stage * C::kStageBytes;
+        const int row = cur.tile * p.tile_size + cur.sub * 64;
 #pragma unroll
-      for (int cb = 0; cb < D / 64; ++cb) {
-        tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, h, b);
-        tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, h, b);
+        for (int cb = 0; cb < D / 64; ++cb) {
+          tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, it.h, it.b);
+          tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b);
+        }
+        at.advance();
       }
+      mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
+      tags[at.stage] = C::kEnd;
+      valids[at.stage] = next_item;
+      mbar_arrive(full_bar + 8 * at.stage);
       at.advance();
     }
-    mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
-    tags[at.stage] = C::kEnd;
-    mbar_arrive(full_bar + 8 * at.stage);
     return;
   }
 
-  // Consumers: warpgroup 0 or 1 -> query block 2x or 2x+1.
+  // Consumers: warpgroup 0 or 1 -> query block 2x or 2x+1 of each item.
   const int c = warp >> 2;
   const uint32_t my_bit = 1u << c;
-  const int my_qb = blockIdx.x * 2 + c;
-  const int my_valid = c ? q_valid[1] : q_valid[0];
   float acc[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
+  float row_max[2], row_sum[2];
   setmaxnreg_inc<C::kConsumerRegs>();
   uint32_t q_frag[kOverlap ? 1 : D / 16][4];  // without the overlap: Q as wgmma A fragments
-  if constexpr (!kOverlap) {
-    const T* q_bh = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs;
-    load_q_fragments<D, T>(q_frag, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid,
-                           warp & 3, lane);
-  } else {  // Q of both query blocks into shared memory (rows past a block's valid count
-            // zero-filled) by all 256 consumer threads; visible to wgmma after the async-proxy
-            // fence and barrier 3.
-    const T* q_rows = static_cast<const T*>(p.q) + b * p.q_bs + h * p.q_hs +
-                      int64_t(blockIdx.x) * 128 * p.q_rs;
-    const CopyPlan90<D, 256> plan;
-    plan.template load<128>(q_smem, q_rows, p.q_rs, q_valid[0], q_valid[1]);
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async_smem();
-    named_bar_sync(3, 256);
-  }
   const uint64_t q_desc = smem_desc_128b(q_smem + c * C::kTileBytes, 16, 1024);
 
   // A stage as this warp sees it: wait until it is full, then lane 0 reads its tag and valid count
@@ -287,7 +299,6 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(empty_bar + 8 * at.stage);
   };
 
-  if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
 
   // FlashAttention-3's intra-warpgroup overlap: a step issues its S and then the previous step's
   // P V, waits for the S only, and runs its softmax while that P V is on the tensor cores; O is
@@ -403,42 +414,77 @@ __global__ void __launch_bounds__(384, 1)
     step(nb, std::integral_constant<int, 0>{}, first, k_tile, valid, turn);
   };
 
-  while (true) {
-    const StageInfo cur = look(at);
-    if (cur.tag & C::kEnd) break;
-    if (cur.tag & my_bit) {
-      const uint32_t k0 = ring + at.stage * C::kStageBytes;
-      const SoftmaxTurn turn{(cur.tag & C::kTurn) != 0, c};
-      if (cur.tag & my_bit << C::kPairShift) {
-        // One 128-key step with the next stage. Holding this stage while waiting for that one
-        // cannot deadlock: the producer fills stages in ring order, and the next one needs only
-        // stages that every consumer released before this one.
-        Ring nx = at;
-        nx.advance();
-        const StageInfo next = look(nx);
-        step_after(std::integral_constant<int, 2>{}, at, {k0, ring + nx.stage * C::kStageBytes},
-                   {cur.valid, next.valid}, turn);
-        at = nx;
-      } else {
-        step_after(std::integral_constant<int, 1>{}, at, {k0}, {cur.valid}, turn);
-      }
-    } else {
-      not_my_stage();
-      release(at);
+  // The softmax turns alternate between the warpgroups across items (a turn stage is a step of
+  // both), so they are opened once, before the first item, and closed after the last: per item,
+  // a warpgroup could run whole short items ahead of the other and arrive twice on barrier 1.
+  if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
+  for (int w = blockIdx.x, next_w = num_items; w < num_items; w = next_w) {
+    const WsItem it = ws_item(p, w);
+    const int my_qb = it.x * 2 + c;
+    const int my_valid = c ? it.q_valid[1] : it.q_valid[0];
+    const T* q_bh = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs;
+    if constexpr (!kOverlap) {
+      load_q_fragments<D, T>(q_frag, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid,
+                             warp & 3, lane);
+    } else {  // this warpgroup's Q block into shared memory (rows past the valid count
+              // zero-filled) by its 128 threads; its S of the last item has been waited for.
+              // Visible to wgmma after the async-proxy fence and the warpgroup's barrier.
+      const CopyPlan90<D, 128> plan(threadIdx.x & 127);
+      plan.template load<64>(q_smem + c * C::kTileBytes, q_bh + int64_t(my_qb) * 64 * p.q_rs,
+                             p.q_rs, my_valid, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      named_bar_sync(3 + c, 128);
     }
-    at.advance();
-  }
-  issue_prev_pv();
-  wgmma_wait<0>();
-  settle_in_flight();
-  if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
 
-  if (my_qb >= p.num_q_blocks) return;
-  T* o_bh = static_cast<T*>(p.o) + b * p.o_bs + h * p.o_hs;
-  float* lse_bh = p.lse ? p.lse + (int64_t(b) * p.heads + h) * p.tokens : nullptr;
-  const int64_t token0 = int64_t(my_qb) * 64;
-  store_rows<D, T>(o_bh + token0 * p.o_rs, p.o_rs, lse_bh ? lse_bh + token0 : nullptr, acc,
-                   row_max, row_sum, my_valid, p.scale, warp & 3, lane);
+    while (true) {
+      const StageInfo cur = look(at);
+      if (cur.tag & C::kEnd) {  // the item's last stage: no data, the next item's index
+        next_w = cur.valid;
+        release(at);
+        at.advance();
+        break;
+      }
+      if (cur.tag & my_bit) {
+        const uint32_t k0 = ring + at.stage * C::kStageBytes;
+        const SoftmaxTurn turn{(cur.tag & C::kTurn) != 0, c};
+        if (cur.tag & my_bit << C::kPairShift) {
+          // One 128-key step with the next stage. Holding this stage while waiting for that one
+          // cannot deadlock: the producer fills stages in ring order, and the next one needs only
+          // stages that every consumer released before this one.
+          Ring nx = at;
+          nx.advance();
+          const StageInfo next = look(nx);
+          step_after(std::integral_constant<int, 2>{}, at, {k0, ring + nx.stage * C::kStageBytes},
+                     {cur.valid, next.valid}, turn);
+          at = nx;
+        } else {
+          step_after(std::integral_constant<int, 1>{}, at, {k0}, {cur.valid}, turn);
+        }
+      } else {
+        not_my_stage();
+        release(at);
+      }
+      at.advance();
+    }
+    issue_prev_pv();
+    wgmma_wait<0>();
+    settle_in_flight();
+
+    if (my_qb < p.num_q_blocks) {
+      T* o_bh = static_cast<T*>(p.o) + it.b * p.o_bs + it.h * p.o_hs;
+      float* lse_bh = p.lse ? p.lse + (int64_t(it.b) * p.heads + it.h) * p.tokens : nullptr;
+      const int64_t token0 = int64_t(my_qb) * 64;
+      store_rows<D, T>(o_bh + token0 * p.o_rs, p.o_rs, lse_bh ? lse_bh + token0 : nullptr, acc,
+                       row_max, row_sum, my_valid, p.scale, warp & 3, lane);
+    }
+  }
+  if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
 }
 
 }  // namespace veda::cuda
