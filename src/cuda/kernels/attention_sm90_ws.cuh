@@ -273,7 +273,9 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // Consumers: warpgroup 0 or 1 -> query block 2x or 2x+1 of each item.
-  const int c = warp >> 2;
+  // Broadcast from lane 0: the compiler then knows it is warp-uniform, so values built from it
+  // (descriptors) can live in uniform registers.
+  const int c = __shfl_sync(0xffffffffu, warp >> 2, 0);
   const uint32_t my_bit = 1u << c;
   float acc[D / 2];
   float row_max[2], row_sum[2];
