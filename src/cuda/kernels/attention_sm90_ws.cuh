@@ -237,6 +237,15 @@ __global__ void __launch_bounds__(384, 1)
     __shared__ int next_item;
     for (int w = blockIdx.x; w < num_items; w = next_item) {
       next_item = int(gridDim.x + atomicAdd(items_taken, 1u));
+      // The next item's Q rows into L2 (when contiguous), so that the consumers' copy of them
+      // after this item's output stores does not wait on device memory.
+      if (next_item < num_items && p.q_rs == D) {
+        const int gx = (p.num_q_blocks + 1) / 2, x = next_item % gx, bh = next_item / gx;
+        const int rows = min(128, (p.num_q_blocks - 2 * x) * 64);
+        prefetch_l2(static_cast<const T*>(p.q) + (bh / p.heads) * p.q_bs + (bh % p.heads) * p.q_hs +
+                        int64_t(x) * 128 * D,
+                    uint32_t(rows * D * sizeof(T)));
+      }
       const WsItem it = ws_item(p, w);
       const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
       KeyBlockStream cur{it.keys, valid_h, p.subs};

@@ -64,6 +64,12 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
                : "memory");
 #endif
 }
+// Starts fetching `bytes` (a multiple of 16, 16-byte aligned) of global memory into L2.
+__device__ __forceinline__ void prefetch_l2(const void* ptr, uint32_t bytes) {
+#if VEDA_SM90A
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+#endif
+}
 
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
 // sync waits for the count, arrive adds to it and goes on.
