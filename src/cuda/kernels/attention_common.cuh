@@ -75,14 +75,24 @@ __device__ __forceinline__ void quad_sum(float (&v)[2]) {
   }
 }
 
-// This thread's two row maxima over its groups and its quad.
+// This thread's two row maxima over its groups and its quad. Four partial maxima a row keep the
+// chain of dependent max instructions a quarter as long (it sits between S and the exponentials).
 template <int G>
 __device__ __forceinline__ void quad_row_max(const float (&s)[G][4], float (&mx)[2]) {
-  mx[0] = mx[1] = -INFINITY;
+  constexpr int kParts = G % 4 == 0 ? 4 : 1;
+  float part[2][kParts];
+#pragma unroll
+  for (int q = 0; q < kParts; ++q) part[0][q] = part[1][q] = -INFINITY;
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[g][0], s[g][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[g][2], s[g][3]));
+    part[0][g % kParts] = fmaxf(part[0][g % kParts], fmaxf(s[g][0], s[g][1]));
+    part[1][g % kParts] = fmaxf(part[1][g % kParts], fmaxf(s[g][2], s[g][3]));
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = part[i][0];
+#pragma unroll
+    for (int q = 1; q < kParts; ++q) mx[i] = fmaxf(mx[i], part[i][q]);
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -119,21 +129,26 @@ __device__ __forceinline__ bool warp_needs_rescale(const float (&alpha)[2]) {
 
 // P = exp2(s * scale_log2 + neg_m) packed as mma A fragments (groups 2k and 2k + 1 fill pf[k]),
 // added to the row sums.
+// Two partial sums a row halve the chain of dependent additions.
 template <int G, class T>
 __device__ __forceinline__ void exp_pack(const float (&s)[G][4], const float (&neg_m)[2],
                                          float scale_log2, float (&row_sum)[2],
                                          uint32_t (&pf)[G / 2][4]) {
+  float odd[2] = {0.f, 0.f};
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     const float p0 = fast_exp2(fmaf(s[g][0], scale_log2, neg_m[0]));
     const float p1 = fast_exp2(fmaf(s[g][1], scale_log2, neg_m[0]));
     const float p2 = fast_exp2(fmaf(s[g][2], scale_log2, neg_m[1]));
     const float p3 = fast_exp2(fmaf(s[g][3], scale_log2, neg_m[1]));
-    row_sum[0] += p0 + p1;
-    row_sum[1] += p2 + p3;
+    float(&sum)[2] = g % 2 ? odd : row_sum;
+    sum[0] += p0 + p1;
+    sum[1] += p2 + p3;
     pf[g >> 1][(g & 1) * 2 + 0] = ElemTraits<T>::pack(p0, p1);
     pf[g >> 1][(g & 1) * 2 + 1] = ElemTraits<T>::pack(p2, p3);
   }
+  row_sum[0] += odd[0];
+  row_sum[1] += odd[1];
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
