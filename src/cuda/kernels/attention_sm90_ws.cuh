@@ -266,9 +266,10 @@ __global__ void __launch_bounds__(384, 1)
         const uint32_t dst = ring + at.stage * C::kStageBytes;
         const int row = cur.tile * p.tile_size + cur.sub * 64;
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-          tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, it.h, it.b);
-          tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b);
+        for (int cb = 0; cb < D / 64; ++cb) {  // K and V stay in L2 ahead of the Q, O streams
+          tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, it.h, it.b, kL2EvictLast);
+          tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b,
+                      kL2EvictLast);
         }
         at.advance();
       }

@@ -47,14 +47,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #endif
 }
 
-// One TMA box of a rank-4 tensor map into shared memory; completion is counted on `bar`.
+// L2 cache policies for the TMA loads' cache hint (the encodings CUTLASS uses for sm_90).
+inline constexpr uint64_t kL2EvictLast = 0x14F0000000000000ull;
+
+// One TMA box of a rank-4 tensor map into shared memory; completion is counted on `bar`. The L2
+// keeps the box with `l2_policy`.
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map, uint32_t bar,
-                                            int c0, int c1, int c2, int c3) {
+                                            int c0, int c1, int c2, int c3, uint64_t l2_policy) {
 #if VEDA_SM90A
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      ".L2::cache_hint [%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar),
+      "l"(l2_policy)
       : "memory");
 #endif
 }
