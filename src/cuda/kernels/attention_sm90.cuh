@@ -224,8 +224,10 @@ __device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_bl
 #pragma unroll
     for (int c = 0; c < D / 8; ++c) {
       const int col = c * 8 + (lane & 3) * 2;
-      *reinterpret_cast<uint32_t*>(orow + col) =
-          ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv);
+      // Streaming stores (evict first): O is not read again, so it should not push K / V
+      // out of L2.
+      __stcs(reinterpret_cast<unsigned*>(orow + col),
+             ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv));
     }
     if (lse_block && (lane & 3) == 0)
       lse_block[r] = live ? row_max[i] * scale + logf(row_sum[i]) : -INFINITY;

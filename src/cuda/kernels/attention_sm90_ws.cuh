@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(384, 1)
         const int rows = min(128, (p.num_q_blocks - 2 * x) * 64);
         prefetch_l2(static_cast<const T*>(p.q) + (bh / p.heads) * p.q_bs + (bh % p.heads) * p.q_hs +
                         int64_t(x) * 128 * D,
-                    uint32_t(rows * D * sizeof(T)));
+                    uint32_t(rows * D * sizeof(T)), kL2EvictFirst);  // read once, soon
       }
       const WsItem it = ws_item(p, w);
       const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;

@@ -47,8 +47,9 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #endif
 }
 
-// L2 cache policies for the TMA loads' cache hint (the encodings CUTLASS uses for sm_90).
+// L2 cache policies for cache hints (the encodings CUTLASS uses for sm_90).
 inline constexpr uint64_t kL2EvictLast = 0x14F0000000000000ull;
+inline constexpr uint64_t kL2EvictFirst = 0x12F0000000000000ull;
 
 // One TMA box of a rank-4 tensor map into shared memory; completion is counted on `bar`. The L2
 // keeps the box with `l2_policy`.
@@ -69,10 +70,13 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
                : "memory");
 #endif
 }
-// Starts fetching `bytes` (a multiple of 16, 16-byte aligned) of global memory into L2.
-__device__ __forceinline__ void prefetch_l2(const void* ptr, uint32_t bytes) {
+// Starts fetching `bytes` (a multiple of 16, 16-byte aligned) of global memory into L2, kept there
+// with `l2_policy`.
+__device__ __forceinline__ void prefetch_l2(const void* ptr, uint32_t bytes, uint64_t l2_policy) {
 #if VEDA_SM90A
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(ptr),
+               "r"(bytes), "l"(l2_policy)
+               : "memory");
 #endif
 }
 
