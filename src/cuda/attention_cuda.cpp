@@ -37,8 +37,8 @@ Status check_cuda_params(const AttentionParams& p) {
                                         p.heads, p.num_tiles));
   if (p.batch > 65535 || p.heads > 65535)
     return unsupported("attention_cuda: batch and heads must each be <= 65535");
-  if ((int64_t(p.num_tiles) * (p.tile_size / 64) + 1) / 2 * p.heads * p.batch > INT32_MAX)
-    return unsupported("attention_cuda: more than 2^31 - 1 pairs of 64-row query blocks");
+  if ((int64_t(p.num_tiles) * (p.tile_size / 64) + 1) / 2 * p.heads * p.batch > INT32_MAX / 2)
+    return unsupported("attention_cuda: more than 2^30 pairs of 64-row query blocks");
   if (p.tokens != int64_t(p.num_tiles) * p.tile_size)
     return invalid_argument(fmt::format("attention_cuda: tokens {} != num_tiles {} * tile_size {}",
                                         p.tokens, p.num_tiles, p.tile_size));

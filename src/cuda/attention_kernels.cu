@@ -97,13 +97,18 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (attr_err != cudaSuccess) return attr_err;
     const int64_t items = int64_t((f.num_q_blocks + 1) / 2) * f.heads * batch;
-    if (items > INT32_MAX || ctas < 1) return cudaErrorInvalidValue;
+    if (ctas < 1) return cudaErrorInvalidValue;
     const int grid = int(std::min<int64_t>(items, ctas));
+    if (items + grid > INT32_MAX) return cudaErrorInvalidValue;  // the kernel's item indices
     // The dynamic schedule's counter: stream-ordered, one per launch, so that launches on other
-    // streams never share it.
+    // streams never share it. Without stream-ordered allocation (cudaErrorNotSupported) the
+    // caller falls back to the one-warpgroup kernel; the error is cleared for its launch check.
     unsigned* taken = nullptr;
     cudaError_t err = cudaMallocAsync(&taken, sizeof(unsigned), stream);
-    if (err != cudaSuccess) return err;
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return err;
+    }
     err = cudaMemsetAsync(taken, 0, sizeof(unsigned), stream);
     if (err == cudaSuccess) {
       kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, int(items), taken);

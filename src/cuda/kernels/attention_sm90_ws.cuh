@@ -312,7 +312,6 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0) mbar_arrive(empty_bar + 8 * at.stage);
   };
 
-
   // FlashAttention-3's intra-warpgroup overlap: a step issues its S and then the previous step's
   // P V, waits for the S only, and runs its softmax while that P V is on the tensor cores; O is
   // rescaled once the P V is done. So P V of step j is issued in step j + 1 (or at a stage that
@@ -440,8 +439,10 @@ __global__ void __launch_bounds__(384, 1)
       load_q_fragments<D, T>(q_frag, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid,
                              warp & 3, lane);
     } else {  // this warpgroup's Q block into shared memory (rows past the valid count
-              // zero-filled) by its 128 threads; its S of the last item has been waited for.
-              // Visible to wgmma after the async-proxy fence and the warpgroup's barrier.
+              // zero-filled) by its 128 threads, once all four warps have waited for their S of
+              // the last item (a warp's wait covers its own wgmmas only; the barrier, all of
+              // them). Visible to wgmma after the async-proxy fence and the second barrier.
+      named_bar_sync(3 + c, 128);
       const CopyPlan90<D, 128> plan(threadIdx.x & 127);
       plan.template load<64>(q_smem + c * C::kTileBytes, q_bh + int64_t(my_qb) * 64 * p.q_rs,
                              p.q_rs, my_valid, 0);
