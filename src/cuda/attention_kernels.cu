@@ -96,10 +96,10 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     static const cudaError_t attr_err =  // once per kernel instantiation
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (attr_err != cudaSuccess) return attr_err;
-    const int64_t items = int64_t((f.num_q_blocks + 1) / 2) * f.heads * batch;
+    // At most 2^30 items (attention_cuda checks), so the kernel's item indices fit an int.
+    const int items = int((f.num_q_blocks + 1) / 2 * int64_t(f.heads) * batch);
     if (ctas < 1) return cudaErrorInvalidValue;
-    const int grid = int(std::min<int64_t>(items, ctas));
-    if (items + grid > INT32_MAX) return cudaErrorInvalidValue;  // the kernel's item indices
+    const int grid = std::min(items, ctas);
     // The dynamic schedule's counter: stream-ordered, one per launch, so that launches on other
     // streams never share it. Without stream-ordered allocation (cudaErrorNotSupported) the
     // caller falls back to the one-warpgroup kernel; the error is cleared for its launch check.
@@ -111,7 +111,7 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     }
     err = cudaMemsetAsync(taken, 0, sizeof(unsigned), stream);
     if (err == cudaSuccess) {
-      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, int(items), taken);
+      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, items, taken);
       err = cudaGetLastError();
     }
     const cudaError_t free_err = cudaFreeAsync(taken, stream);

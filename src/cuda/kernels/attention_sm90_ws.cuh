@@ -160,17 +160,26 @@ struct RingPos {
 // A work item: query blocks 2x and 2x+1 of one (b, h), with their valid rows and key lists (count
 // 0 when a block holds no tokens). Items are numbered x fastest, then heads, then batch, the order
 // of a non-persistent grid, so that the CTAs running at one time share their heads' K/V in L2.
-struct WsItem {
+struct WsItemPos {
   int x, h, b;
+};
+__device__ __forceinline__ WsItemPos ws_item_pos(const FwdParams& p, int w) {
+  const int gx = (p.num_q_blocks + 1) / 2;
+  return {w % gx, (w / gx) % p.heads, w / gx / p.heads};
+}
+// The item's first Q row (its query block 2x's).
+template <class T>
+__device__ __forceinline__ const T* ws_item_q(const FwdParams& p, WsItemPos pos) {
+  return static_cast<const T*>(p.q) + pos.b * p.q_bs + pos.h * p.q_hs +
+         int64_t(pos.x) * 128 * p.q_rs;
+}
+struct WsItem : WsItemPos {
   int q_valid[2];
   KeyListUnion keys;
 };
 __device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
-  const int gx = (p.num_q_blocks + 1) / 2;
   WsItem it{};
-  it.x = w % gx;
-  it.h = (w / gx) % p.heads;
-  it.b = w / gx / p.heads;
+  static_cast<WsItemPos&>(it) = ws_item_pos(p, w);
   const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
@@ -241,11 +250,10 @@ __global__ void __launch_bounds__(384, 1)
       // The next item's Q rows into L2 (when contiguous), so that the consumers' copy of them
       // after this item's output stores does not wait on device memory.
       if (next_item < num_items && p.q_rs == D) {
-        const int gx = (p.num_q_blocks + 1) / 2, x = next_item % gx, bh = next_item / gx;
-        const int rows = min(128, (p.num_q_blocks - 2 * x) * 64);
-        prefetch_l2(static_cast<const T*>(p.q) + (bh / p.heads) * p.q_bs + (bh % p.heads) * p.q_hs +
-                        int64_t(x) * 128 * D,
-                    uint32_t(rows * D * sizeof(T)), kL2EvictFirst);  // read once, soon
+        const WsItemPos pos = ws_item_pos(p, next_item);
+        const int rows = min(128, (p.num_q_blocks - 2 * pos.x) * 64);
+        prefetch_l2(ws_item_q<T>(p, pos), uint32_t(rows * D * sizeof(T)),
+                    kL2EvictFirst);  // read once, soon
       }
       const WsItem it = ws_item(p, w);
       const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
@@ -434,18 +442,17 @@ __global__ void __launch_bounds__(384, 1)
     const WsItem it = ws_item(p, w);
     const int my_qb = it.x * 2 + c;
     const int my_valid = c ? it.q_valid[1] : it.q_valid[0];
-    const T* q_bh = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs;
+    const T* my_q = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs +
+                    int64_t(my_qb) * 64 * p.q_rs;
     if constexpr (!kOverlap) {
-      load_q_fragments<D, T>(q_frag, q_bh + int64_t(my_qb) * 64 * p.q_rs, p.q_rs, my_valid,
-                             warp & 3, lane);
+      load_q_fragments<D, T>(q_frag, my_q, p.q_rs, my_valid, warp & 3, lane);
     } else {  // this warpgroup's Q block into shared memory (rows past the valid count
               // zero-filled) by its 128 threads, once all four warps have waited for their S of
               // the last item (a warp's wait covers its own wgmmas only; the barrier, all of
               // them). Visible to wgmma after the async-proxy fence and the second barrier.
       named_bar_sync(3 + c, 128);
       const CopyPlan90<D, 128> plan(threadIdx.x & 127);
-      plan.template load<64>(q_smem + c * C::kTileBytes, q_bh + int64_t(my_qb) * 64 * p.q_rs,
-                             p.q_rs, my_valid, 0);
+      plan.template load<64>(q_smem + c * C::kTileBytes, my_q, p.q_rs, my_valid, 0);
       cp_async_commit();
       cp_async_wait<0>();
       fence_proxy_async_smem();
