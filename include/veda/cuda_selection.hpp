@@ -88,6 +88,21 @@ struct GpuSelectStageTimes {
   float total_ms() const { return gather_stats_ms + score_ms + select_ms; }
 };
 
+// Tile statistics computed outside the selector, by a producer that reads every q and k row
+// anyway (the CUDA DiT's RMSNorm + RoPE kernel): f32 [batch, heads, max_tiles, head_dim] each,
+// equal to what compute_tile_stats gives from the tile-order q and k that select_tiled receives
+// (sums over the slots in order, mean = sum * (1 / valid)). Heads with heads[h] == 0 are computed
+// from the tile-order inputs as usual; the given heads' tile-order rows are not read.
+struct GpuTileStatsInput {
+  const float* q_mean = nullptr;
+  const float* q_max = nullptr;
+  const float* q_min = nullptr;
+  const float* k_mean = nullptr;
+  const float* k_max = nullptr;
+  const float* k_min = nullptr;
+  std::vector<uint8_t> heads;  // [heads]: 1 = given
+};
+
 // Owns the device copies of the layouts (slot_token, tile_valid, per-head budgets and biases),
 // the cuBLASLt handle and the scratch (grown on demand). Not thread-safe; one stream at a time.
 class GpuSelector {
@@ -119,9 +134,11 @@ class GpuSelector {
 
   // The same from inputs already in tile order (a producer wrote them, as the attention reads
   // them): q_tiled, k_tiled [batch, heads, padded_tokens, head_dim]; padding slots are not read.
+  // With `given`, the statistics of the heads it marks come from there.
   Status select_tiled(const void* q_tiled, const void* k_tiled, DType dtype, int batch,
                       int head_dim, int32_t* counts, int32_t* indices, void* stream = nullptr,
-                      GpuSelectStageTimes* times = nullptr);
+                      GpuSelectStageTimes* times = nullptr,
+                      const GpuTileStatsInput* given = nullptr);
 
   // Gather alone (for v): x [batch, heads, tokens, head_dim] -> x_tiled in tile order.
   Status gather(const void* x, DType dtype, int batch, int head_dim, void* x_tiled,

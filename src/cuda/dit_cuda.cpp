@@ -20,6 +20,7 @@
 #include "cuda/cuda_check.hpp"
 #include "dit/wan_ops.hpp"
 #include "cuda/dit_launch.hpp"
+#include "cuda/producer_tables.hpp"
 #include "veda/attention.hpp"
 #include "veda/cuda.hpp"
 #include "veda/cuda_selection.hpp"
@@ -344,8 +345,9 @@ struct AttentionPlan {
   HeadLayouts layouts;
   int64_t padded = 0;  // tile order rows per (b, h)
   int max_tiles = 0, max_k = 0;
-  DeviceBuffer token_slot, tile_valid;
-  GpuSelector selector;  // veda mode
+  DeviceBuffer tile_valid;
+  ProducerTables producer;  // token -> slot maps; which heads get their statistics from the producer
+  GpuSelector selector;     // veda mode
 };
 
 // Device buffers for one (batch, grid, text length, tile shape, attention mode, profile).
@@ -370,6 +372,7 @@ struct ForwardBuffers {
   DeviceBuffer rope, mask_counts, mask_indices;
   DeviceBuffer cross_valid, cross_counts, cross_indices;
   DeviceBuffer capture;  // q, k, v head-major bf16 of a captured layer (allocated on first use)
+  DeviceBuffer tile_stats[6];  // veda mode: q mean/max/min, k mean/max/min [B, H, tiles, D] f32
   int cross_tiles = 0, cross_k_tiles = 0;
   std::vector<AttentionPlan> plans;
   std::vector<int> layer_plan;  // [layer] -> index into plans
@@ -396,6 +399,9 @@ Status check_config(const WanConfig& c) {
     return unsupported(fmt::format("CUDA DiT: head_dim {} (64 and 128 only)", c.head_dim));
   if (c.dim() % 8 != 0 || c.ffn_dim % 8 != 0 || c.text_dim % 8 != 0)
     return unsupported("CUDA DiT: dim, ffn_dim and text_dim must be multiples of 8");
+  if (c.dim() / 8 > dit_cuda::kTileProducerMaxThreads)
+    return unsupported(fmt::format("CUDA DiT: dim {} is wider than the q/k/v producer's {}",
+                                   c.dim(), 8 * dit_cuda::kTileProducerMaxThreads));
   if (!cuda_device_available()) return Status(ErrorCode::kCudaError, "CUDA DiT: no CUDA device");
   return Status::ok();
 }
@@ -409,17 +415,8 @@ Result<AttentionPlan> make_attention_plan(Grid grid, const std::vector<TileShape
   const HeadLayouts& lay = plan.layouts;
   plan.padded = lay.padded_tokens();
   plan.max_tiles = lay.max_tiles();
-  // token -> slot per head (the inverse of slot_token) and the kernels' valid table.
-  const int64_t tokens = grid.tokens();
-  std::vector<int32_t> token_slot(size_t(lay.heads() * tokens), 0);
-  for (int h = 0; h < lay.heads(); ++h) {
-    const std::vector<int32_t>& slots = lay.head(h).slot_token();
-    for (int64_t s = 0; s < int64_t(slots.size()); ++s)
-      if (slots[s] >= 0) token_slot[size_t(h * tokens + slots[s])] = int32_t(s);
-  }
-  VEDA_ASSIGN_OR_RETURN(plan.token_slot, upload_to_device(token_slot));
-  VEDA_ASSIGN_OR_RETURN(plan.tile_valid,
-                        upload_to_device(lay.valid_table()));
+  VEDA_ASSIGN_OR_RETURN(plan.producer, ProducerTables::make(lay));
+  VEDA_ASSIGN_OR_RETURN(plan.tile_valid, upload_to_device(lay.valid_table()));
   if (selection) {
     VEDA_ASSIGN_OR_RETURN(plan.selector, GpuSelector::make(lay, *selection, so));
     plan.max_k = plan.selector.max_k();
@@ -592,6 +589,8 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   const std::vector<float> rope = rope_table(grid, int(D));
   VEDA_ASSIGN_OR_RETURN(fb->rope, upload_to_device(rope));
   if (veda) {
+    for (DeviceBuffer& b : fb->tile_stats)
+      VEDA_RETURN_IF_ERROR(alloc(b, size_t(batch * H * mask_rows * D) * f4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
   }
@@ -622,26 +621,34 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   AttentionPlan& plan = fb.plans[size_t(fb.layer_plan[size_t(layer)])];
   const int H = c.num_heads, D = c.head_dim;
   const bool veda = fb.mode == SelfAttentionMode::kVeda;
-  const float* rope = fb.rope.as<float>();
-  const auto* rope2 = reinterpret_cast<const float2*>(rope);
-  // RMSNorm across heads + RoPE, written straight to the plan's layout; padding slots hold zeros,
-  // or another plan's finite values (profile layers share the buffers), and the kernels only need
-  // them finite. The selector reads its tile statistics from there: no gather pass.
-  const int32_t* slot = plan.token_slot.as<int32_t>();
+  // RMSNorm across heads + RoPE of q and k, and v, written straight to the plan's layout in one
+  // launch; padding slots hold zeros, or another plan's finite values (profile layers share the
+  // buffers), and the kernels only need them finite. In veda mode the same pass computes the
+  // tile statistics the selector scores from (for the heads of the reference layout).
+  float* stats[6] = {};  // null: no statistics (dense mode)
+  if (veda)
+    for (int i = 0; i < 6; ++i) stats[i] = fb.tile_stats[i].as<float>();
+  dit_cuda::TileProducerParams tp{};
+  tp.t[0] = {fb.q.data(), fb.q_tiled.data(), blk.attn1.norm_q.as<float>(), true, stats[0],
+             stats[1], stats[2]};
+  tp.t[1] = {fb.k.data(), fb.k_tiled.data(), blk.attn1.norm_k.as<float>(), true, stats[3],
+             stats[4], stats[5]};
+  tp.t[2] = {fb.v.data(), fb.v_tiled.data(), nullptr, false, nullptr, nullptr, nullptr};
+  tp.tensors = 3;
+  plan.producer.set_layout(tp);
+  tp.head_dim = D, tp.eps = c.eps;
+  tp.rope = reinterpret_cast<const float2*>(fb.rope.as<float>());
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q_tiled.data(), fb.batch, fb.tokens, H, D, true,
-                                    c.eps, blk.attn1.norm_q.as<float>(), rope2, slot, plan.padded,
-                                    nullptr));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.k.data(), fb.k_tiled.data(), fb.batch, fb.tokens, H, D, true,
-                                    c.eps, blk.attn1.norm_k.as<float>(), rope2, slot, plan.padded,
-                                    nullptr));
-  VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.v.data(), fb.v_tiled.data(), fb.batch, fb.tokens, H, D,
-                                    false, c.eps, nullptr, nullptr, slot, plan.padded, nullptr));
+  VEDA_CUDA_CHECK(dit_cuda::tile_producer(tp, fb.batch, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
+    GpuTileStatsInput given;
+    given.q_mean = stats[0], given.q_max = stats[1], given.q_min = stats[2];
+    given.k_mean = stats[3], given.k_max = stats[4], given.k_min = stats[5];
+    given.heads = plan.producer.stat_heads_host;
     VEDA_RETURN_IF_ERROR(plan.selector.select_tiled(
         fb.q_tiled.data(), fb.k_tiled.data(), DType::kBF16, int(fb.batch), D,
-        fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr));
+        fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr, nullptr, &given));
   }
   AttentionParams p;
   p.q = fb.q_tiled.data();
@@ -665,7 +672,8 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   p.softmax_scale = 1.0f / std::sqrt(float(D));
   VEDA_RETURN_IF_ERROR(attention_cuda(p, nullptr));
   VEDA_CUDA_CHECK(dit_cuda::heads_to_rows(fb.o_tiled.data(), fb.attn.data(), fb.batch, fb.tokens, H,
-                                          D, plan.token_slot.as<int32_t>(), plan.padded, nullptr));
+                                          D, plan.producer.token_slot.as<int32_t>(), plan.padded,
+                                          nullptr));
   return Status::ok();
 }
 

@@ -6,6 +6,7 @@
 #include "cuda/dit_launch.hpp"
 #include "cuda/kernels/dit_cross_attention.cuh"
 #include "cuda/kernels/dit_elementwise.cuh"
+#include "cuda/kernels/dit_tile_producer.cuh"
 
 namespace veda::dit_cuda {
 namespace {
@@ -38,6 +39,17 @@ cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, in
   kernels::rms_rope_kernel<<<unsigned(batch * tokens), kernels::kRowThreads, smem, stream>>>(
       static_cast<const bf16*>(x), static_cast<bf16*>(dst), tokens, heads, head_dim, normalize,
       eps, weight, rope, token_slot, dst_tokens);
+  return cudaGetLastError();
+}
+
+cudaError_t tile_producer(const TileProducerParams& p, int64_t batch, cudaStream_t stream) {
+  const int row_chunks = p.heads * (p.head_dim / 8);
+  if (p.head_dim % 8 != 0 || row_chunks > kTileProducerMaxThreads || p.tensors < 1 ||
+      p.tensors > 3)
+    return cudaErrorInvalidValue;
+  if (batch <= 0 || p.tiles <= 0) return cudaSuccess;
+  const dim3 grid(unsigned(p.tiles), unsigned(batch), unsigned(p.tensors));
+  kernels::tile_producer_kernel<<<grid, (row_chunks + 31) / 32 * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -28,6 +28,43 @@ cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, in
                      const float2* rope, const int32_t* token_slot, int64_t dst_tokens,
                      cudaStream_t stream);
 
+// The self-attention operands in tile order with the selector's tile statistics
+// (kernels/dit_tile_producer.cuh): per tensor, optional RMSNorm over the full width (times
+// `weight`) and optional RoPE, written to dst [batch, heads, dst_tokens, head_dim] at row
+// token_slot[h * tokens + token]; with `mean` set, the statistics of the heads marked in
+// `stat_heads` over the tiles of the reference layout (`tile_slots`, `tile_valid`), as
+// compute_tile_stats gives them from dst. heads * head_dim / 8 <= kTileProducerMaxThreads.
+inline constexpr int kTileProducerMaxThreads = 640;  // Wan2.1-14B: 40 heads x 128
+
+struct TileProducerTensor {
+  const void* x;          // [batch * tokens, heads * head_dim] bf16
+  void* dst;              // [batch, heads, dst_tokens, head_dim] bf16
+  const float* weight;    // [heads * head_dim] RMSNorm weight, or null: no RMSNorm
+  bool rope;              // rotate with TileProducerParams::rope
+  float* mean;            // [batch, heads, stat_tiles, head_dim] f32 each, or all null
+  float* max;
+  float* min;
+};
+
+struct TileProducerParams {
+  TileProducerTensor t[3];
+  int tensors;                // 1 to 3 (grid z)
+  int64_t tokens, dst_tokens;
+  int heads, head_dim;
+  float eps;
+  const float2* rope;         // [tokens][head_dim / 2] (cos, sin)
+  const int32_t* token_slot;  // [heads][tokens]
+  const int32_t* tile_slots;  // [tiles][volume]: the reference layout's slot -> token
+  const int32_t* tile_valid;  // [tiles]
+  int tiles, volume;
+  int64_t stat_tiles;         // statistics rows per (b, h): at least `tiles`
+  const uint8_t* stat_heads;  // [heads]: 1 where the head's layout is the reference one
+};
+
+// cudaErrorInvalidValue if head_dim is not a multiple of 8 or the row needs more threads than
+// kTileProducerMaxThreads.
+cudaError_t tile_producer(const TileProducerParams& p, int64_t batch, cudaStream_t stream);
+
 // Head-major tile order [batch, heads, src_tokens, head_dim] -> token-major rows:
 //   y[(b * tokens + token) * width + h * head_dim + d] = src[b, h, token_slot[h * tokens + token], d]
 cudaError_t heads_to_rows(const void* src, void* y, int64_t batch, int64_t tokens, int heads,

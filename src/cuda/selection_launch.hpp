@@ -50,6 +50,12 @@ struct GatherStatsParams {
   int lo_slot;
   float* row_scale;           // [B, H, max_tiles]: 2^a, the factor that undoes the row's scaling
   unsigned* norm_max_centred; // [B, H]: as norm_max, of the centred rows (k), or null
+  // Statistics a producer computed (GpuTileStatsInput), [B, H, max_tiles, D] f32 each: used
+  // instead of reading x for the heads with given_heads[h] != 0. Null: none given.
+  const float* given_mean;
+  const float* given_max;
+  const float* given_min;
+  const uint8_t* given_heads;  // [H]
 };
 
 // The gather/statistics launch: one tensor, or q and k together (one grid, no second tail).
@@ -68,7 +74,8 @@ struct HeadSelectInfo {
 inline constexpr int kDistanceTableSize = 3 * 11;  // [axis][bin], EstimatorParams::distance
 
 struct TopkParams {
-  const float* logits;            // [B, H, T, T] raw GEMM scores (FP16x3: of the scaled rows)
+  const float* logits;            // [B, H, T, logits_stride] raw GEMM scores (FP16x3: of the
+  int64_t logits_stride;          //   scaled rows); row stride >= T
   float* logits_out;              // [B, H, T, T] final logits (debug), or null
   int max_tiles, heads;
   const HeadSelectInfo* info;     // [H]

@@ -313,6 +313,38 @@ void run_and_compare(const Tensor& q, const Tensor& k, const HeadLayouts& layout
       for (auto [x, y] : {std::pair{&a->mean, &b->mean}, std::pair{&a->max, &b->max},
                           std::pair{&a->min, &b->min}})
         EXPECT_EQ(std::memcmp(x->data(), y->data(), x->nbytes()), 0) << what << ": tile-order stats";
+
+    // Statistics given for every other head (GpuTileStatsInput, as the DiT's producer gives
+    // them): the same mask, and those heads' rows are not read (they now hold NaN).
+    std::vector<uint8_t> marks(static_cast<size_t>(heads));
+    for (int h = 0; h < heads; h += 2) marks[size_t(h)] = 1;
+    const size_t head_bytes = size_t(layouts.padded_tokens()) * dim * dtype_size(dtype);
+    for (int b = 0; b < batch; ++b)
+      for (int h = 0; h < heads; h += 2)
+        for (DeviceBuffer* t : {&*dqt, &*dkt})
+          ASSERT_TRUE(fill_device_bytes(t->as<uint8_t>() + (size_t(b) * heads + h) * head_bytes,
+                                        0xFF, head_bytes).is_ok());
+    const Tensor* src[6] = {&gq.mean, &gq.max, &gq.min, &gk.mean, &gk.max, &gk.min};
+    std::vector<DeviceBuffer> given_bufs;
+    for (const Tensor* t : src) {
+      auto buf = DeviceBuffer::allocate(t->nbytes());
+      ASSERT_TRUE(buf.is_ok() && copy_to_device(buf->data(), t->data(), t->nbytes()).is_ok());
+      given_bufs.push_back(std::move(*buf));
+    }
+    GpuTileStatsInput given;
+    given.q_mean = given_bufs[0].as<float>(), given.q_max = given_bufs[1].as<float>();
+    given.q_min = given_bufs[2].as<float>(), given.k_mean = given_bufs[3].as<float>();
+    given.k_max = given_bufs[4].as<float>(), given.k_min = given_bufs[5].as<float>();
+    given.heads = marks;
+    ASSERT_TRUE(fill_device_bytes(dcounts->data(), 0x7F, dcounts->size()).is_ok());
+    ASSERT_TRUE(fill_device_bytes(dindices->data(), 0x7F, dindices->size()).is_ok());
+    const Status st3 = selector->select_tiled(dqt->data(), dkt->data(), dtype, batch, dim,
+                                              dcounts->as<int32_t>(), dindices->as<int32_t>(),
+                                              nullptr, nullptr, &given);
+    ASSERT_TRUE(st3.is_ok()) << what << " (given statistics): " << st3.to_string();
+    ASSERT_TRUE(copy_to_host(counts2.data(), dcounts->data(), counts2.size() * 4).is_ok());
+    ASSERT_TRUE(copy_to_host(indices2.data(), dindices->data(), indices2.size() * 4).is_ok());
+    EXPECT_TRUE(counts2 == counts && indices2 == indices) << what << ": mask with given stats differs";
   }
 
   // Gather alone (the v path) gives the same tiled copy.
@@ -652,6 +684,19 @@ TEST(SelectionGpu, RejectsUnsupported) {
   EXPECT_EQ(selector->select(&dummy, &dummy, DType::kF32, 1, 256, nullptr, nullptr, &dummy, &dummy)
                 .code(),
             ErrorCode::kUnsupported);  // 1 KB rows
+  // Given statistics must mark every head and name every buffer.
+  auto x = DeviceBuffer::allocate(size_t(2) * 256 * 64 * 2);
+  auto out = DeviceBuffer::allocate(size_t(2) * 4 * 64 * 4);
+  ASSERT_TRUE(x.is_ok() && out.is_ok());
+  GpuTileStatsInput given;
+  given.heads = {1};
+  auto select_given = [&] {
+    return selector->select_tiled(x->data(), x->data(), DType::kBF16, 1, 64, out->as<int32_t>(),
+                                  out->as<int32_t>(), nullptr, nullptr, &given);
+  };
+  EXPECT_EQ(select_given().code(), ErrorCode::kInvalidArgument);  // one mark for two heads
+  given.heads = {1, 0};
+  EXPECT_EQ(select_given().code(), ErrorCode::kInvalidArgument);  // null buffers
 }
 
 }  // namespace

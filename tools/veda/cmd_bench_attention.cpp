@@ -1,8 +1,11 @@
 // veda bench attention: times the CUDA tile-skipping attention (dense = every tile selected) on
 // random inputs drawn on the device, with random masks or masks from the selection path; median
 // of many runs timed with CUDA events after a warm-up; optional check against the CPU references.
-// Beside each sparse row, the GPU tile selection at that density on the same q and k (stats
-// scoring, default precision, tile-order input as the attention reads it) and its share.
+// Beside each sparse row, the GPU tile selection at that density (stats scoring, default
+// precision) and its share of the attention time, two ways: standalone (select_tiled on the
+// problem's tile-order q and k: statistics, scoring, top-k) and as the DiT pays it (bf16 only):
+// its q/k producer (RMSNorm + RoPE into tile order) timed with and without the tile statistics
+// on random token-major rows, plus select_tiled given those statistics.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -16,7 +19,11 @@
 #include "table.hpp"
 #include "veda/tile_layout.hpp"
 #ifdef VEDA_HAS_CUDA
+#include <cuda_runtime.h>
+
 #include "cuda/attention_check.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/producer_tables.hpp"
 #include "veda/cuda.hpp"
 #include "veda/cuda_selection.hpp"
 #include "veda/scoring.hpp"
@@ -93,6 +100,126 @@ Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayou
   return ms[ms.size() / 2];
 }
 
+// The DiT's q/k producer on random token-major rows (bf16), its tile-order outputs and the
+// statistics it gives the selector.
+struct DitProducer {
+  ProducerTables tables;
+  DeviceBuffer x[2], dst[2], weight[2], rope, stats[6];
+  dit_cuda::TileProducerParams params;  // statistics off; set_stats(true) turns them on
+
+  static Result<std::unique_ptr<DitProducer>> make(int batch, const HeadLayouts& layouts,
+                                                   int head_dim, uint64_t seed) {
+    auto d = std::make_unique<DitProducer>();
+    VEDA_ASSIGN_OR_RETURN(d->tables, ProducerTables::make(layouts));
+    const size_t width = size_t(layouts.heads()) * head_dim;
+    const size_t rows = size_t(batch) * layouts.tokens();
+    const size_t tiled = size_t(batch) * layouts.heads() * layouts.padded_tokens() * head_dim;
+    const size_t stat = size_t(batch) * layouts.heads() * layouts.max_tiles() * head_dim;
+    for (int i = 0; i < 2; ++i) {
+      VEDA_ASSIGN_OR_RETURN(d->x[i], DeviceBuffer::allocate(rows * width * 2));
+      VEDA_RETURN_IF_ERROR(
+          fill_device_uniform(d->x[i].data(), DType::kBF16, rows * width, seed + i, -1.5f, 1.5f));
+      VEDA_ASSIGN_OR_RETURN(d->dst[i], DeviceBuffer::allocate(tiled * 2));
+      VEDA_RETURN_IF_ERROR(fill_device_bytes(d->dst[i].data(), 0, tiled * 2));
+      VEDA_ASSIGN_OR_RETURN(d->weight[i], DeviceBuffer::allocate(width * 4));
+      VEDA_RETURN_IF_ERROR(
+          fill_device_uniform(d->weight[i].data(), DType::kF32, width, seed + 2 + i, 0.5f, 1.5f));
+    }
+    // (cos, sin) pairs: any values time the same as a rotation.
+    const size_t rope = size_t(layouts.tokens()) * head_dim;
+    VEDA_ASSIGN_OR_RETURN(d->rope, DeviceBuffer::allocate(rope * 4));
+    VEDA_RETURN_IF_ERROR(fill_device_uniform(d->rope.data(), DType::kF32, rope, seed + 4, -1.f, 1.f));
+    for (DeviceBuffer& b : d->stats) {
+      VEDA_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(stat * 4));
+    }
+    dit_cuda::TileProducerParams& p = d->params;
+    p = {};
+    for (int i = 0; i < 2; ++i)
+      p.t[i] = {d->x[i].data(), d->dst[i].data(), d->weight[i].as<float>(), true, nullptr, nullptr,
+                nullptr};
+    p.tensors = 2;
+    d->tables.set_layout(p);
+    p.head_dim = head_dim, p.eps = 1e-6f;
+    p.rope = reinterpret_cast<const float2*>(d->rope.as<float>());
+    return d;
+  }
+
+  void set_stats(bool on) {
+    for (int i = 0; i < 2; ++i) {
+      params.t[i].mean = on ? stats[3 * i].as<float>() : nullptr;
+      params.t[i].max = on ? stats[3 * i + 1].as<float>() : nullptr;
+      params.t[i].min = on ? stats[3 * i + 2].as<float>() : nullptr;
+    }
+  }
+
+  GpuTileStatsInput given() const {
+    GpuTileStatsInput g;
+    g.q_mean = stats[0].as<float>(), g.q_max = stats[1].as<float>(), g.q_min = stats[2].as<float>();
+    g.k_mean = stats[3].as<float>(), g.k_max = stats[4].as<float>(), g.k_min = stats[5].as<float>();
+    g.heads = tables.stat_heads_host;
+    return g;
+  }
+};
+
+// Medians (ms) of the producer without and with the statistics, and of select_tiled given them
+// (its stage events: the statistics of heads not given, scoring, top-k). The DiT's selection
+// costs the difference of the first two plus the third.
+struct DitSelectionTimes {
+  double producer = 0, producer_stats = 0, select = 0;
+  double stages[3] = {};  // select's: statistics and features, scoring GEMM, top-k
+  double total() const { return producer_stats - producer + select; }
+};
+
+Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_dim,
+                                           const HeadLayouts& layouts, double density,
+                                           float scale, int warmup, int runs) {
+  SelectionConfig config;
+  config.density = density;
+  GpuSelectorOptions so;
+  so.scale = scale;
+  so.check_numerics = false;
+  VEDA_ASSIGN_OR_RETURN(GpuSelector selector, GpuSelector::make(layouts, config, so));
+  const size_t rows = size_t(batch) * layouts.heads() * layouts.max_tiles();
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer counts, DeviceBuffer::allocate(rows * 4));
+  VEDA_ASSIGN_OR_RETURN(DeviceBuffer indices,
+                        DeviceBuffer::allocate(rows * std::max(1, selector.max_k()) * 4));
+  cudaEvent_t ev[3] = {};
+  for (auto& e : ev) VEDA_CUDA_CHECK(cudaEventCreate(&e));
+  std::vector<double> plain, with_stats, select, stages[3];
+  Status st;
+  const GpuTileStatsInput given = d.given();
+  for (int r = 0; r < warmup + runs && st.is_ok(); ++r) {
+    d.set_stats(false);
+    st = cuda_status(cudaEventRecord(ev[0]), "cudaEventRecord");
+    if (st.is_ok()) st = cuda_status(dit_cuda::tile_producer(d.params, batch, nullptr), "tile_producer");
+    d.set_stats(true);
+    if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[1]), "cudaEventRecord");
+    if (st.is_ok()) st = cuda_status(dit_cuda::tile_producer(d.params, batch, nullptr), "tile_producer");
+    if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[2]), "cudaEventRecord");
+    GpuSelectStageTimes t;
+    if (st.is_ok())
+      st = selector.select_tiled(d.dst[0].data(), d.dst[1].data(), DType::kBF16, batch, head_dim,
+                                 counts.as<int32_t>(), indices.as<int32_t>(), nullptr, &t, &given);
+    float a = 0, b = 0;
+    if (st.is_ok()) st = cuda_status(cudaEventElapsedTime(&a, ev[0], ev[1]), "cudaEventElapsedTime");
+    if (st.is_ok()) st = cuda_status(cudaEventElapsedTime(&b, ev[1], ev[2]), "cudaEventElapsedTime");
+    if (st.is_ok() && r >= warmup) {
+      plain.push_back(a), with_stats.push_back(b), select.push_back(t.total_ms());
+      stages[0].push_back(t.gather_stats_ms), stages[1].push_back(t.score_ms);
+      stages[2].push_back(t.select_ms);
+    }
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  VEDA_RETURN_IF_ERROR(st);
+  VEDA_RETURN_IF_ERROR(selector.check_numerics());
+  auto median = [](std::vector<double>& v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  return DitSelectionTimes{median(plain), median(with_stats), median(select),
+                           {median(stages[0]), median(stages[1]), median(stages[2])}};
+}
+
 struct Flops {
   double actual = 0, dense = 0;
 };
@@ -151,8 +278,9 @@ Status run_bench(const BenchOptions& opt) {
                                        o.batch, layouts, int(o.head_dim), dtype, nullptr, o.seed));
   Table table{{"B", "H", "grid", "tile", "D", "dtype", "mask", "density", "kernel", "ms (median)",
                "ms (min)", "TFLOP/s actual", "TFLOP/s dense-eq", "select ms", "select %",
-               "verify"},
+               "DiT select ms", "DiT select %", "verify"},
               {}};
+  std::unique_ptr<DitProducer> producer;  // made at the first sparse density (bf16 only)
   nlohmann::json rows = nlohmann::json::array();
   for (double density : densities) {
     TileMask mask;
@@ -223,6 +351,29 @@ Status run_bench(const BenchOptions& opt) {
         fmt::print(stderr, "selection not timed: {}\n", timed.status().to_string());
       }
     }
+    DitSelectionTimes dit;
+    bool dit_timed = false;
+    if (!dense && dtype == DType::kBF16) {
+      Status st = Status::ok();
+      if (!producer) {
+        auto made = DitProducer::make(o.batch, layouts, o.head_dim, o.seed + 101);
+        if (made.is_ok()) {
+          producer = std::move(*made);
+        } else {
+          st = made.status();
+        }
+      }
+      if (st.is_ok()) {
+        auto timed = dit_selection_ms(*producer, o.batch, o.head_dim, layouts, density, pr.scale,
+                                      o.warmup, o.runs);
+        if (timed.is_ok()) {
+          dit = *timed, dit_timed = true;
+        } else {
+          st = timed.status();
+        }
+      }
+      if (!st.is_ok()) fmt::print(stderr, "DiT selection not timed: {}\n", st.to_string());
+    }
     const double tf_actual = flops.actual / (median * 1e-3) / 1e12;
     const double tf_dense = flops.dense / (median * 1e-3) / 1e12;
     table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), video_grid.str(),
@@ -233,6 +384,8 @@ Status run_bench(const BenchOptions& opt) {
                           fmt::format("{:.1f}", tf_actual), fmt::format("{:.1f}", tf_dense),
                           select < 0 ? "-" : fmt::format("{:.3f}", select),
                           select < 0 ? "-" : fmt::format("{:.1f}", 100.0 * select / median),
+                          dit_timed ? fmt::format("{:.3f}", dit.total()) : "-",
+                          dit_timed ? fmt::format("{:.1f}", 100.0 * dit.total() / median) : "-",
                           verdict});
     rows.push_back({{"device", device},
                     {"batch", o.batch},
@@ -253,6 +406,12 @@ Status run_bench(const BenchOptions& opt) {
                     {"tflops_actual", tf_actual},
                     {"tflops_dense_equiv", tf_dense},
                     {"select_ms", select < 0 ? nlohmann::json() : nlohmann::json(select)},
+                    {"dit_select_ms", dit_timed ? nlohmann::json(dit.total()) : nlohmann::json()},
+                    {"dit_producer_ms", dit_timed ? nlohmann::json(dit.producer) : nlohmann::json()},
+                    {"dit_producer_stats_ms",
+                     dit_timed ? nlohmann::json(dit.producer_stats) : nlohmann::json()},
+                    {"dit_select_given_ms", dit_timed ? nlohmann::json(dit.select) : nlohmann::json()},
+                    {"dit_select_stages_ms", dit_timed ? nlohmann::json(dit.stages) : nlohmann::json()},
                     {"verify", verdict},
                     {"checks", checks}});
     if (o.verify && verdict != "pass" && !o.json) fmt::print(stderr, "verification FAILED\n");

@@ -153,6 +153,28 @@ __device__ __forceinline__ void finish_stats(int valid, const float* sum, float*
   }
 }
 
+// The statistics of this thread's channels: given by a producer for head h (a load; zeros for an
+// empty tile), or walked from x (sum / max / min, then finish_stats; `live` false: a thread past
+// the last tile, valid 0). `sum`, `hi`, `lo` preset.
+template <class T>
+__device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t bh, int h, int tile,
+                                           int chunk, int valid, bool live, float* sum, float* mean,
+                                           float* hi, float* lo) {
+  constexpr int E = ChunkOps<T>::kElems;
+  if (p.given_heads && p.given_heads[h]) {
+    const int64_t at = (bh * p.max_tiles + tile) * p.head_dim + chunk * E;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      mean[e] = valid > 0 ? p.given_mean[at + e] : 0.f;
+      hi[e] = valid > 0 ? p.given_max[at + e] : 0.f;
+      lo[e] = valid > 0 ? p.given_min[at + e] : 0.f;
+    }
+    return;
+  }
+  if (live) walk_tile<T>(p, bh, h, tile, chunk, valid, true, sum, hi, lo);
+  finish_stats<E>(valid, sum, mean, hi, lo);
+}
+
 // The scoring feature planes of this thread's channels: f[plane][e] (see FeatureKind).
 template <int E>
 __device__ __forceinline__ void chunk_features(const GatherStatsParams& p, int h, const float* mean,
@@ -213,14 +235,15 @@ __global__ void __launch_bounds__(kStatsThreads)
   const int valid = live ? p.valid[int64_t(h) * p.max_tiles + tile] : 0;
   const bool want_stats = p.mean != nullptr || p.feature != FeatureKind::kNone;
 
-  float sum[E], hi[E], lo[E];
+  float sum[E], hi[E], lo[E], mean[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) sum[e] = 0.f, hi[e] = -INFINITY, lo[e] = INFINITY;
-  if (live) walk_tile<T>(p, bh, h, tile, chunk, valid, want_stats, sum, hi, lo);
-  if (!want_stats) return;  // uniform: gather only
-
-  float mean[E];
-  finish_stats<E>(valid, sum, mean, hi, lo);
+  if (!want_stats) {  // uniform: gather only
+    if (live) walk_tile<T>(p, bh, h, tile, chunk, valid, false, sum, hi, lo);
+    return;
+  }
+  // A thread past the last tile has valid 0: zero statistics, and it joins the shuffles below.
+  tile_stats<T>(p, bh, h, tile, chunk, valid, live, sum, mean, hi, lo);
   const int64_t row = bh * p.max_tiles + tile;
   const int c0 = chunk * E;
   if (p.mean && live) {
@@ -328,8 +351,7 @@ __global__ void __launch_bounds__(kStatsThreads)
     float sum[E], hi[E], lo[E], mean[E], f[4][E];
 #pragma unroll
     for (int e = 0; e < E; ++e) sum[e] = 0.f, hi[e] = -INFINITY, lo[e] = INFINITY;
-    walk_tile<T>(p, bh, h, tile, chunk, valid, true, sum, hi, lo);
-    finish_stats<E>(valid, sum, mean, hi, lo);
+    tile_stats<T>(p, bh, h, tile, chunk, valid, true, sum, mean, hi, lo);
     chunk_features<E>(p, h, mean, hi, lo, f);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
