@@ -48,7 +48,7 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 
 // L2 cache policies for cache hints (the encodings CUTLASS uses for sm_90).
-inline constexpr uint64_t kL2EvictLast = 0x14F0000000000000ull;
+inline constexpr uint64_t kL2EvictNormal = 0x1000000000000000ull;
 inline constexpr uint64_t kL2EvictFirst = 0x12F0000000000000ull;
 
 // One TMA box of a rank-4 tensor map into shared memory; completion is counted on `bar`. The L2
