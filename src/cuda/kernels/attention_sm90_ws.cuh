@@ -25,11 +25,13 @@
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
 // TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
-// and a block in one list once for 64. A stage's tag and valid-key count sit in shared memory
-// beside it: the producer's lane writes them before its arrival on the full barrier (release),
-// and in each consumer warp only lane 0 reads them after the wait (acquire) and passes them on by
-// shuffle, so the lane that later releases the stage is the one that read them (racecheck sees
-// every access ordered by the barrier of the thread that made it).
+// and a block in one list once for 64. A stage's word (its tag, its valid-key count and the next
+// stage's) sits in shared memory beside it: the producer's lane writes it before its arrival on
+// the full barrier (release), and in each consumer warp only lane 0 reads it after the wait
+// (acquire) and passes it on by a warp reduction, so the lane that later releases the stage is the
+// one that read it (racecheck sees every access ordered by the barrier of the thread that made
+// it). The second stage of a 128-key step is waited for but not read: the first one's word holds
+// its valid count, so a step has one shared-memory read on its critical path, not three.
 //
 // TMA loads whole 64-row blocks: padding rows of ragged key tiles are read as stored. Their
 // scores are masked to -inf and their probabilities are exactly zero, so any finite padding is
@@ -62,8 +64,8 @@ struct WsConfig {
   static_assert(kStages >= 2, "a 128-key step holds two stages");
   static constexpr int kRingBytes = kStages * kStageBytes;
   static constexpr int kQBytes = 2 * kTileBytes;  // both query blocks, same layout as a K tile
-  // + alignment slack, barriers, tags (D = 128: 230,544 of the 232,448 bytes an H100 CTA may use)
-  static constexpr int kSmemBytes = kRingBytes + kQBytes + 1024 + kStages * 24;
+  // + alignment slack, barriers, words (D = 128: 230,520 of the 232,448 bytes an H100 CTA may use)
+  static constexpr int kSmemBytes = kRingBytes + kQBytes + 1024 + kStages * 20;
   static constexpr int kConsumerWarps = 8;
   // 384 threads: two consumer warpgroups and a producer warpgroup (one thread of it issues). The
   // producer gives registers back so that the consumers get 240 each: two S accumulators, O, and
@@ -75,12 +77,14 @@ struct WsConfig {
   static constexpr int kThreads = 384;
   static constexpr uint32_t kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "register pool");
-  // A stage's tag: bit c, consumer warpgroup c needs it; bit 2 + c, c starts a step here and
-  // takes the next stage too, as one 128-key step; kTurn, both start a step of the same length
-  // here and take their softmaxes in turn (SoftmaxTurn); kEnd alone, the item ends here (the
-  // stage's valid slot holds the next item).
+  // A stage's word. Its tag: bit c, consumer warpgroup c needs it; bit 2 + c, c starts a step
+  // here and takes the next stage too, as one 128-key step; kTurn, both start a step of the same
+  // length here and take their softmaxes in turn (SoftmaxTurn). Then the stage's valid keys
+  // (1..64) and, where some consumer pairs it with the next stage, the next one's (0..64). kEnd:
+  // the item ends here, the low 31 bits hold the next item (at most num_items).
   static constexpr uint32_t kPairShift = 2;
   static constexpr uint32_t kTurn = 1u << 4;
+  static constexpr uint32_t kValidShift = 16, kNextValidShift = 24;  // 7 bits each
   static constexpr uint32_t kEnd = 0x80000000u;
 };
 
@@ -217,9 +221,8 @@ __global__ void __launch_bounds__(384, 1)
   const uint32_t q_smem = ring + C::kRingBytes;     // [2][tile]: the consumers' Q blocks
   const uint32_t full_bar = q_smem + C::kQBytes;     // [kStages] x 8 bytes
   const uint32_t empty_bar = full_bar + C::kStages * 8;
-  uint32_t* tags = reinterpret_cast<uint32_t*>(smem_ws + (empty_bar + C::kStages * 8 -
-                                                          smem_u32(smem_ws)));
-  int32_t* valids = reinterpret_cast<int32_t*>(tags + C::kStages);
+  uint32_t* words = reinterpret_cast<uint32_t*>(smem_ws + (empty_bar + C::kStages * 8 -
+                                                           smem_u32(smem_ws)));
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
@@ -267,9 +270,11 @@ __global__ void __launch_bounds__(384, 1)
         const uint32_t start = cur.need & ~second;  // consumers whose step starts here
         const uint32_t pair = start & next.need;    // ... and takes the next stage too
         const bool turn = start == 3u && (pair == 0u || pair == 3u);
-        tags[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u);
+        const uint32_t next_valid = pair ? uint32_t(block_valid(next.tile_valid, next.sub)) : 0u;
+        words[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u) |
+                          uint32_t(block_valid(cur.tile_valid, cur.sub)) << C::kValidShift |
+                          next_valid << C::kNextValidShift;
         second = pair;
-        valids[at.stage] = block_valid(cur.tile_valid, cur.sub);
         const uint32_t bar = full_bar + 8 * at.stage;
         mbar_arrive_expect_tx(bar, C::kStageBytes);
         const uint32_t dst = ring + at.stage * C::kStageBytes;
@@ -285,8 +290,7 @@ __global__ void __launch_bounds__(384, 1)
         at.advance();
       }
       mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
-      tags[at.stage] = C::kEnd;
-      valids[at.stage] = next_item;
+      words[at.stage] = C::kEnd | uint32_t(min(next_item, num_items));
       mbar_arrive(full_bar + 8 * at.stage);
       at.advance();
     }
@@ -304,18 +308,13 @@ __global__ void __launch_bounds__(384, 1)
   uint32_t q_frag[kOverlap ? 1 : D / 16][4];  // without the overlap: Q as wgmma A fragments
   const uint64_t q_desc = smem_desc_128b(q_smem + c * C::kTileBytes, 16, 1024);
 
-  // A stage as this warp sees it: wait until it is full, then lane 0 reads its tag and valid count
-  // and shares them; lane 0 also releases it (release()).
-  struct StageInfo {
-    uint32_t tag;
-    int valid;
-  };
+  // A stage as this warp sees it: wait until it is full, then lane 0 reads its word and shares it
+  // (a reduction with the other lanes' zeros: its result lands in a uniform register, where a
+  // shuffle's would need an R2UR after it); lane 0 also releases it (release()).
+  const auto wait_full = [&](const Ring& at) { mbar_wait(full_bar + 8 * at.stage, at.phase); };
   const auto look = [&](const Ring& at) {
-    mbar_wait(full_bar + 8 * at.stage, at.phase);
-    uint32_t tag = 0;
-    int valid = 0;
-    if (lane == 0) tag = tags[at.stage], valid = valids[at.stage];
-    return StageInfo{__shfl_sync(0xffffffffu, tag, 0), __shfl_sync(0xffffffffu, valid, 0)};
+    wait_full(at);
+    return __reduce_or_sync(0xffffffffu, lane == 0 ? words[at.stage] : 0u);
   };
   const auto release = [&](const Ring& at) {
     __syncwarp();
@@ -466,28 +465,30 @@ __global__ void __launch_bounds__(384, 1)
     row_sum[0] = row_sum[1] = 0.f;
 
     while (true) {
-      const StageInfo cur = look(at);
-      if (cur.tag & C::kEnd) {  // the item's last stage: no data, the next item's index
-        next_w = cur.valid;
+      const uint32_t word = look(at);
+      if (word & C::kEnd) {  // the item's last stage: no data, the next item's index
+        next_w = int(word & ~C::kEnd);
         release(at);
         at.advance();
         break;
       }
-      if (cur.tag & my_bit) {
+      if (word & my_bit) {
         const uint32_t k0 = ring + at.stage * C::kStageBytes;
-        const SoftmaxTurn turn{(cur.tag & C::kTurn) != 0, c};
-        if (cur.tag & my_bit << C::kPairShift) {
-          // One 128-key step with the next stage. Holding this stage while waiting for that one
-          // cannot deadlock: the producer fills stages in ring order, and the next one needs only
-          // stages that every consumer released before this one.
+        const SoftmaxTurn turn{(word & C::kTurn) != 0, c};
+        const int valid = int(word >> C::kValidShift) & 0x7f;
+        if (word & my_bit << C::kPairShift) {
+          // One 128-key step with the next stage (its valid count is in this stage's word).
+          // Holding this stage while waiting for that one cannot deadlock: the producer fills
+          // stages in ring order, and the next one needs only stages that every consumer released
+          // before this one.
           Ring nx = at;
           nx.advance();
-          const StageInfo next = look(nx);
+          wait_full(nx);
           step_after(std::integral_constant<int, 2>{}, at, {k0, ring + nx.stage * C::kStageBytes},
-                     {cur.valid, next.valid}, turn);
+                     {valid, int(word >> C::kNextValidShift)}, turn);
           at = nx;
         } else {
-          step_after(std::integral_constant<int, 1>{}, at, {k0}, {cur.valid}, turn);
+          step_after(std::integral_constant<int, 1>{}, at, {k0}, {valid}, turn);
         }
       } else {
         not_my_stage();
