@@ -60,24 +60,32 @@ struct CopyPlan90 {
   }
 };
 
+// The descriptors of a 64-row tile in the layout above at shared address `tile`: as S's K-major
+// operand (K, or Q in shared memory), and as P V's transposed operand (V: 8192 bytes between its
+// 64-column blocks).
+__device__ __forceinline__ uint64_t k_tile_desc(uint32_t tile) {
+  return smem_desc_128b(tile, 16, 1024);
+}
+__device__ __forceinline__ uint64_t v_tile_desc(uint32_t tile) {
+  return smem_desc_128b(tile, 8192, 1024);
+}
+
 // S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps), Q as register A
-// fragments. k-step kk (columns 16kk..16kk+15) of the K-major tile in the layout above starts
-// (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it.
+// fragments, K's tile descriptor `k_desc`. k-step kk (columns 16kk..16kk+15) of the K-major tile
+// in the layout above starts (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it.
 template <int D, class T>
 __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
-                                       uint32_t k_stage) {
-  const uint64_t desc = smem_desc_128b(k_stage, 16, 1024);
+                                       uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<64, T>(s, q[kk], desc_advance(desc, (kk >> 2) * 8192 + (kk & 3) * 32),
+    wgmma_rs_s<64, T>(s, q[kk], desc_advance(k_desc, (kk >> 2) * 8192 + (kk & 3) * 32),
                       kk > 0 ? 1 : 0);
 }
 
 // S for a 64-key block with Q in shared memory (same layout as a K tile, `q_desc`): the k-steps
 // of both operands advance by the same offsets (see the register-Q s_gemm above).
 template <int D, class T>
-__device__ __forceinline__ void s_gemm(float (&s)[32], uint64_t q_desc, uint32_t k_stage) {
-  const uint64_t k_desc = smem_desc_128b(k_stage, 16, 1024);
+__device__ __forceinline__ void s_gemm(float (&s)[32], uint64_t q_desc, uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
@@ -108,26 +116,26 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 // The online softmax for one step of NB 64-key blocks (NB = 1 or 2: 64 or 128 keys; valid[b] of
 // block b real) of this warpgroup's 64 query rows, in pieces:
 //   issue_s         S = Q K^T, one 64x64 accumulator per block (K a 128B-swizzled shared-memory
-//                   tile), one commit group;
+//                   tile, named by its descriptor: k_tile_desc), one commit group;
 //   softmax_blocks  mask each block past its valid keys, the row max over the NB * 64 columns
 //                   (kept while a new one is within 2^8: update_row_max), P = exp(S - max) packed
 //                   as the next A operand, row sums, and the factor alpha by which O must be
 //                   rescaled before P V is added;
 //   rescale         O *= alpha, skipped by a warp whose alphas are all 1;
-//   issue_pv        O += P V over the NB V tiles (transposed shared-memory operand), one commit
-//                   group.
+//   issue_pv        O += P V over the NB V tiles (transposed shared-memory operand: v_tile_desc),
+//                   one commit group.
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
 // either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
 // Q: register A fragments (uint32_t[D / 16][4]) or a shared-memory descriptor (uint64_t), as the
 // s_gemm overloads take it.
 template <int D, class T, int NB, class Q>
 __device__ __forceinline__ void issue_s(float (&s)[NB][32], const Q& q,
-                                        const uint32_t (&k_tile)[NB]) {
+                                        const uint64_t (&k_desc)[NB]) {
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
   wgmma_fence();
 #pragma unroll
-  for (int b = 0; b < NB; ++b) s_gemm<D, T>(s[b], q, k_tile[b]);
+  for (int b = 0; b < NB; ++b) s_gemm<D, T>(s[b], q, k_desc[b]);
   wgmma_commit();
 }
 
@@ -164,7 +172,7 @@ __device__ __forceinline__ void rescale(float (&acc)[D / 2], const float (&alpha
 
 template <int D, class T, int NB>
 __device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB][4][4],
-                                         const uint32_t (&v_tile)[NB]) {
+                                         const uint64_t (&v_desc)[NB]) {
   fence_operands(acc);
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(pf[b]);
@@ -175,9 +183,8 @@ __device__ __forceinline__ void issue_pv(float (&acc)[D / 2], uint32_t (&pf)[NB]
   // empty wgmma and an arrive to every step.
 #pragma unroll
   for (int b = 0; b < NB; ++b) {
-    const uint64_t desc = smem_desc_128b(v_tile[b], 8192, 1024);
 #pragma unroll
-    for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(desc, t * 2048));
+    for (int t = 0; t < 4; ++t) wgmma_rs_tb<D, T>(acc, pf[b][t], desc_advance(v_desc[b], t * 2048));
   }
   wgmma_commit();
 }
@@ -193,7 +200,13 @@ __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&r
                                                   const int (&valid)[NB], float scale_log2,
                                                   int lane) {
   float s[NB][32];
-  issue_s<D, T, NB>(s, q, k_tile);
+  uint64_t k_desc[NB], v_desc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    k_desc[b] = k_tile_desc(k_tile[b]);
+    v_desc[b] = v_tile_desc(v_tile[b]);
+  }
+  issue_s<D, T, NB>(s, q, k_desc);
   wgmma_wait<0>();
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
@@ -201,7 +214,7 @@ __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&r
   float alpha[2];
   softmax_blocks<NB, T>(s, row_max, row_sum, pf, alpha, valid, scale_log2, lane);
   if (warp_needs_rescale(alpha)) rescale<D>(acc, alpha);
-  issue_pv<D, T, NB>(acc, pf, v_tile);
+  issue_pv<D, T, NB>(acc, pf, v_desc);
   wgmma_wait<0>();
   fence_operands(acc);
 }

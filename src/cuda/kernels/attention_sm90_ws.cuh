@@ -306,7 +306,25 @@ __global__ void __launch_bounds__(384, 1)
   float row_max[2], row_sum[2];
   setmaxnreg_inc<C::kConsumerRegs>();
   uint32_t q_frag[kOverlap ? 1 : D / 16][4];  // without the overlap: Q as wgmma A fragments
-  const uint64_t q_desc = smem_desc_128b(q_smem + c * C::kTileBytes, 16, 1024);
+  // Descriptors as adds to stage 0's K descriptor, not each rebuilt from its tile's address
+  // (masks, shifts; ptxas also rebuilt Q's every step): the start-address field (bits 0-13,
+  // shared address / 16) of Q's and of stage s's K and V tiles is stage 0's plus an offset
+  // (s * kStageBytes / 16: one uniform add a stage), and V's leading byte offset (bits 16-29) is
+  // 8192 where K's is 16. Shared addresses stay below 2^18, so no field carries into the next.
+  const uint64_t k_desc0 = k_tile_desc(ring);
+  const uint64_t v_desc0 = desc_advance16(k_desc0, C::kTileBytes / 16 + ((8192 - 16) >> 4 << 16));
+  const uint64_t q_desc = desc_advance16(k_desc0, (C::kRingBytes + c * C::kTileBytes) / 16);
+  // The low word of stage `stage`'s descriptor (K: k_desc0, V: v_desc0), and a descriptor from
+  // such a word. The opaque move keeps the compiler from adding the k-steps' offsets to the base
+  // before the stage's (ptxas then rebuilt three of those sums every step).
+  const auto stage_lo = [](uint64_t desc0, int stage) {
+    uint32_t lo;
+    asm("mov.b32 %0, %1;"
+        : "=r"(lo)
+        : "r"(uint32_t(desc0) + uint32_t(stage) * (C::kStageBytes / 16)));
+    return lo;
+  };
+  const auto with_lo = [](uint64_t desc0, uint32_t lo) { return desc0 >> 32 << 32 | lo; };
 
   // A stage as this warp sees it: wait until it is full, then lane 0 reads its word and shares it
   // (a reduction with the other lanes' zeros: its result lands in a uniform register, where a
@@ -334,7 +352,7 @@ __global__ void __launch_bounds__(384, 1)
   static_assert(C::kStages >= (kOverlap ? 5 : 4),
                 "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
-  uint32_t v_prev[2] = {0, 0};
+  uint32_t v_prev[2] = {0, 0};  // ... and its V tiles (stage_lo of v_desc0)
   int nb_prev = 0;
   Ring at, held;
   const auto release_held = [&](int stages) {  // `stages` (1 or 2) from `held` on
@@ -356,10 +374,12 @@ __global__ void __launch_bounds__(384, 1)
   };
   const auto issue_prev_pv = [&]() {
     if (nb_prev == 0) return;
+    const uint64_t v_desc[2] = {with_lo(v_desc0, v_prev[0]), with_lo(v_desc0, v_prev[1])};
     if (nb_prev == 2) {
-      issue_pv<D, T, 2>(acc, p_prev, v_prev);
+      issue_pv<D, T, 2>(acc, p_prev, v_desc);
     } else {
-      issue_pv<D, T, 1>(acc, reinterpret_cast<uint32_t(&)[1][4][4]>(p_prev), {v_prev[0]});
+      issue_pv<D, T, 1>(acc, reinterpret_cast<uint32_t(&)[1][4][4]>(p_prev),
+                        reinterpret_cast<const uint64_t(&)[1]>(v_desc));
     }
     in_flight = nb_prev, nb_prev = 0;
   };
@@ -371,23 +391,28 @@ __global__ void __launch_bounds__(384, 1)
       settle_in_flight();
     }
   };
-  // One step of NB blocks starting at stage `first`, with the previous step's NBP blocks of P V
-  // (0: none). Instantiated per (NB, NBP), so that every path is straight-line from the S issue to
-  // the last wait and ends with no wgmma in flight (ptxas serialized every wgmma, C7518 / C7520,
-  // when paths with different groups in flight met).
+  // One step of NB blocks starting at stage `first` (ring stages `stage`), with the previous
+  // step's NBP blocks of P V (0: none). Instantiated per (NB, NBP), so that every path is
+  // straight-line from the S issue to the last wait and ends with no wgmma in flight (ptxas
+  // serialized every wgmma, C7518 / C7520, when paths with different groups in flight met).
   const auto step = [&]<int NB, int NBP>(std::integral_constant<int, NB>,
                                          std::integral_constant<int, NBP>, const Ring& first,
-                                         const uint32_t(&k_tile)[NB], const int(&valid)[NB],
+                                         const int(&stage)[NB], const int(&valid)[NB],
                                          const SoftmaxTurn& turn) {
     float s[NB][32];
+    uint64_t k_desc[NB];
+#pragma unroll
+    for (int i = 0; i < NB; ++i) k_desc[i] = with_lo(k_desc0, stage_lo(k_desc0, stage[i]));
     if constexpr (kOverlap) {
-      issue_s<D, T, NB>(s, q_desc, k_tile);
+      issue_s<D, T, NB>(s, q_desc, k_desc);
     } else {
-      issue_s<D, T, NB>(s, q_frag, k_tile);
+      issue_s<D, T, NB>(s, q_frag, k_desc);
     }
     if constexpr (NBP > 0) {
-      issue_pv<D, T, NBP>(acc, reinterpret_cast<uint32_t(&)[NBP][4][4]>(p_prev),
-                          reinterpret_cast<const uint32_t(&)[NBP]>(v_prev));
+      uint64_t v_desc[NBP];
+#pragma unroll
+      for (int i = 0; i < NBP; ++i) v_desc[i] = with_lo(v_desc0, v_prev[i]);
+      issue_pv<D, T, NBP>(acc, reinterpret_cast<uint32_t(&)[NBP][4][4]>(p_prev), v_desc);
       wgmma_wait<1>();  // the S group (the older one) is done; the P V runs on
     } else {
       wgmma_wait<0>();  // also any P V left in flight at a stage that was not ours
@@ -413,26 +438,26 @@ __global__ void __launch_bounds__(384, 1)
       for (int t = 0; t < 4; ++t)
 #pragma unroll
         for (int r = 0; r < 4; ++r) p_prev[i][t][r] = p_cur[i][t][r];
-      v_prev[i] = k_tile[i] + C::kTileBytes;
+      v_prev[i] = stage_lo(v_desc0, stage[i]);
     }
     nb_prev = NB;
     held = first;
     if constexpr (!kOverlap) issue_prev_pv();  // this step's P V, left in flight
   };
   const auto step_after = [&]<int NB>(std::integral_constant<int, NB> nb, const Ring& first,
-                                      const uint32_t(&k_tile)[NB], const int(&valid)[NB],
+                                      const int(&stage)[NB], const int(&valid)[NB],
                                       const SoftmaxTurn& turn) {
     if constexpr (kOverlap) {
       if (nb_prev == 2) {
-        step(nb, std::integral_constant<int, 2>{}, first, k_tile, valid, turn);
+        step(nb, std::integral_constant<int, 2>{}, first, stage, valid, turn);
         return;
       }
       if (nb_prev == 1) {
-        step(nb, std::integral_constant<int, 1>{}, first, k_tile, valid, turn);
+        step(nb, std::integral_constant<int, 1>{}, first, stage, valid, turn);
         return;
       }
     }
-    step(nb, std::integral_constant<int, 0>{}, first, k_tile, valid, turn);
+    step(nb, std::integral_constant<int, 0>{}, first, stage, valid, turn);
   };
 
   // The softmax turns alternate between the warpgroups across items (a turn stage is a step of
@@ -473,7 +498,6 @@ __global__ void __launch_bounds__(384, 1)
         break;
       }
       if (word & my_bit) {
-        const uint32_t k0 = ring + at.stage * C::kStageBytes;
         const SoftmaxTurn turn{(word & C::kTurn) != 0, c};
         const int valid = int(word >> C::kValidShift) & 0x7f;
         if (word & my_bit << C::kPairShift) {
@@ -484,11 +508,11 @@ __global__ void __launch_bounds__(384, 1)
           Ring nx = at;
           nx.advance();
           wait_full(nx);
-          step_after(std::integral_constant<int, 2>{}, at, {k0, ring + nx.stage * C::kStageBytes},
+          step_after(std::integral_constant<int, 2>{}, at, {at.stage, nx.stage},
                      {valid, int(word >> C::kNextValidShift)}, turn);
           at = nx;
         } else {
-          step_after(std::integral_constant<int, 1>{}, at, {k0}, {valid}, turn);
+          step_after(std::integral_constant<int, 1>{}, at, {at.stage}, {valid}, turn);
         }
       } else {
         not_my_stage();

@@ -64,9 +64,12 @@ __device__ __forceinline__ uint64_t smem_desc_128b(uint32_t addr, uint32_t lbo, 
 // a constant to a descriptor built once keeps the wgmma issue sequence free of the masking and
 // shifting that rebuilding each descriptor costs (ncu: ~6 dependent instructions before every
 // wgmma, a third of a consumer warp's time went to issuing them).
-__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
-  const uint32_t lo = uint32_t(desc) + (bytes >> 4), hi = uint32_t(desc >> 32);
+__device__ __forceinline__ uint64_t desc_advance16(uint64_t desc, uint32_t units) {  // x 16 bytes
+  const uint32_t lo = uint32_t(desc) + units, hi = uint32_t(desc >> 32);
   return uint64_t(hi) << 32 | lo;  // a 32-bit add: no carry into the high word
+}
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return desc_advance16(desc, bytes >> 4);
 }
 
 template <int N, class T>
