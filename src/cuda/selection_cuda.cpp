@@ -41,10 +41,14 @@ namespace sel = cuda::sel;
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
-// Row stride of the GEMM's logits: a multiple of 4 floats, so that rows start 16-byte aligned
-// (at wan14b-720p in token order, 591 tiles a row, cuBLASLt's pick for the unaligned stride ran
-// the scoring GEMM at ~78 TFLOP/s, 3.6x slower than at 720 tiles).
-int64_t logits_stride(int max_tiles) { return (int64_t(max_tiles) + 3) / 4 * 4; }
+// Rows of the scoring GEMM per (b, h): FP16x3 pads the tiles to a multiple of 16 (zero rows,
+// written once) -- at wan14b-720p in token order, 591 tiles, cuBLASLt's FP16 GEMM ran at ~78
+// TFLOP/s, 3.6x slower than at 720 tiles, with 16-byte aligned strides and every heuristic
+// candidate. The logits' row stride is a multiple of 4 floats (16-byte aligned rows).
+int64_t gemm_rows(int max_tiles, bool fp16) {
+  return fp16 ? (int64_t(max_tiles) + 15) / 16 * 16 : max_tiles;
+}
+int64_t logits_stride(int max_tiles, bool fp16) { return (gemm_rows(max_tiles, fp16) + 3) / 4 * 4; }
 
 }  // namespace
 
@@ -114,14 +118,18 @@ struct GpuSelector::Impl {
       return Status::ok();
     };
     const size_t head_rows = size_t(b) * heads;
-    VEDA_RETURN_IF_ERROR(alloc(logits, rows * logits_stride(max_tiles) * sizeof(float)));
+    const size_t gemm_rows_all = size_t(b) * heads * gemm_rows(max_tiles, fp16);
+    VEDA_RETURN_IF_ERROR(
+        alloc(logits, gemm_rows_all * logits_stride(max_tiles, fp16) * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(q_feat, rows * w * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(k_feat, rows * w * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(q_norm, rows * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(k_norm_max, head_rows * sizeof(unsigned)));
     if (fp16) {
-      VEDA_RETURN_IF_ERROR(alloc(q_split, rows * 3 * w * 2));
-      VEDA_RETURN_IF_ERROR(alloc(k_split, rows * 3 * w * 2));
+      for (DeviceBuffer* split : {&q_split, &k_split}) {  // padding rows stay zero
+        VEDA_RETURN_IF_ERROR(alloc(*split, gemm_rows_all * 3 * w * 2));
+        VEDA_CUDA_CHECK(cudaMemset(split->data(), 0, split->size()));
+      }
       VEDA_RETURN_IF_ERROR(alloc(q_scale, rows * sizeof(float)));
       VEDA_RETURN_IF_ERROR(alloc(k_scale, rows * sizeof(float)));
       VEDA_RETURN_IF_ERROR(alloc(center, head_rows * w * sizeof(float)));
@@ -148,12 +156,12 @@ struct GpuSelector::Impl {
     VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     VEDA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     // kF16x3: the operands are the split rows, 3W halves each; the output stays f32.
-    const int64_t T = max_tiles, W = fp16 ? 3 * int64_t(width) : width;
+    const int64_t T = gemm_rows(max_tiles, fp16), W = fp16 ? 3 * int64_t(width) : width;
     const int32_t count = batch * heads;
     const cudaDataType_t type = fp16 ? CUDA_R_16F : CUDA_R_32F;
     VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a, type, W, T, W));
     VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b, type, W, T, W));
-    const int64_t ldc = logits_stride(max_tiles);
+    const int64_t ldc = logits_stride(max_tiles, fp16);
     VEDA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_c, CUDA_R_32F, T, T, ldc));
     const int64_t stride_ab = T * W, stride_c = T * ldc;
     for (auto [layout, stride] : {std::pair{layout_a, stride_ab}, std::pair{layout_b, stride_ab},
@@ -530,6 +538,7 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   if (fp16) {
     pq.features16 = q_split.data(), pq.lo_slot = 2, pq.row_scale = q_scale.as<float>();
     pk.features16 = k_split.data(), pk.lo_slot = 1, pk.row_scale = k_scale.as<float>();
+    pq.split_rows = pk.split_rows = gemm_rows(max_tiles, fp16);
     pk.norm_max_centred = k_norm_centred.as<unsigned>();
     VEDA_CUDA_CHECK(cudaMemsetAsync(k_norm_centred.data(), 0, head_rows_bytes, stream));
     sel::GatherStatsParams pc = pk;
@@ -546,7 +555,8 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
 
   sel::TopkParams tp{};
   tp.logits = logits.as<float>();
-  tp.logits_stride = logits_stride(max_tiles);
+  tp.logits_rows = gemm_rows(max_tiles, fp16);
+  tp.logits_stride = logits_stride(max_tiles, fp16);
   tp.logits_out = options.keep_logits ? logits_kept.as<float>() : nullptr;
   tp.max_tiles = max_tiles, tp.heads = heads;
   tp.info = info.as<sel::HeadSelectInfo>();

@@ -46,7 +46,8 @@ struct GatherStatsParams {
   // halves a row: [hi | hi | lo] for q (lo_slot 2), [hi | lo | hi] for k (lo_slot 1), so that one
   // GEMM over 3 * width sums hi.hi + hi.lo + lo.hi.
   const float* center;        // [B, H, width]: subtracted from the features of non-empty tiles
-  void* features16;           // [B, H, max_tiles, 3 * width] __half
+  void* features16;           // [B, H, split_rows, 3 * width] __half
+  int64_t split_rows;         // >= max_tiles (the GEMM's padded rows, zero)
   int lo_slot;
   float* row_scale;           // [B, H, max_tiles]: 2^a, the factor that undoes the row's scaling
   unsigned* norm_max_centred; // [B, H]: as norm_max, of the centred rows (k), or null
@@ -74,8 +75,8 @@ struct HeadSelectInfo {
 inline constexpr int kDistanceTableSize = 3 * 11;  // [axis][bin], EstimatorParams::distance
 
 struct TopkParams {
-  const float* logits;            // [B, H, T, logits_stride] raw GEMM scores (FP16x3: of the
-  int64_t logits_stride;          //   scaled rows); row stride >= T
+  const float* logits;            // [B, H, logits_rows, logits_stride] raw GEMM scores
+  int64_t logits_rows, logits_stride;  // (FP16x3: of the scaled rows); both >= T
   float* logits_out;              // [B, H, T, T] final logits (debug), or null
   int max_tiles, heads;
   const HeadSelectInfo* info;     // [H]

@@ -15,7 +15,7 @@
 // bit).
 // Layout: x [B, H, rows, D]; x_tiled [B, H, max_tiles * volume, D] (padding slots written 0);
 // stats [B, H, max_tiles, D] f32; features [B, H, max_tiles, width] f32 or
-// [B, H, max_tiles, 3 * width] fp16 (see GatherStatsParams).
+// [B, H, split_rows, 3 * width] fp16 (see GatherStatsParams).
 // Tiles with no valid token (past the head's own tiles) get zero rows, statistics and features.
 #pragma once
 #include <cuda_bf16.h>
@@ -305,7 +305,8 @@ __global__ void __launch_bounds__(kStatsThreads)
   const int shift = min(15 - ex, 126);
   if (live && chunk == 0) p.row_scale[row] = ldexpf(1.f, -shift);
   if (!live) return;
-  __half* dst = static_cast<__half*>(p.features16) + row * 3 * p.width + c0;
+  __half* dst =
+      static_cast<__half*>(p.features16) + (bh * p.split_rows + tile) * 3 * p.width + c0;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     if (k >= planes) break;

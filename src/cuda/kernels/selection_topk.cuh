@@ -45,7 +45,7 @@
 //    rounding (2^-24 |q| K_f), the canonical logit's double sum and its rounding to f32
 //    (2^-24 (|q| K_u + B_h)), and the f32 rounding of v -+ 2e in the comparisons.
 // On structured inputs a few tiles a row fall within 2e of tau.
-// Layout: logits [B, H, T, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
+// Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
 // Shared memory per row: values [T] f32, two lists [T] uint16, histogram [256] int32.
 // Sync: __syncthreads between the phases; the two k-th-value searches and the tie walk run in
 // warp 0 (their lists are short).
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
 
   // 1. Finish the row (as `finish`), instantiated per (FP16x3, prior, key bias) so that the loop
   // over every tile of every row carries no per-tile branches on them.
-  const float* raw = p.logits + row * p.logits_stride;
+  const float* raw = p.logits + (bh * p.logits_rows + i) * p.logits_stride;
   float vmax = -INFINITY, vmin = INFINITY;
   int candidates = 0;
   bool bad = false;
