@@ -694,8 +694,7 @@ Status WanCudaModel::Impl::capture(ForwardBuffers& fb, const DevBlock& blk, int 
     // The self-attention path's norm + RoPE, to head-major token order [B, H, N, D].
     void* dst = fb.capture.as<uint16_t>() + i * n;
     VEDA_CUDA_CHECK(dit_cuda::rms_rope(src[i], dst, fb.batch, fb.tokens, H, D, i < 2, c.eps,
-                                       norm[i], i < 2 ? rope : nullptr, nullptr, fb.tokens,
-                                       nullptr));
+                                       norm[i], i < 2 ? rope : nullptr, true, nullptr));
     VEDA_RETURN_IF_ERROR(copy_to_host(host.data(), dst, host.size() * 2));
     qkv[i] = Tensor::empty(DType::kF32, {fb.batch, H, fb.tokens, D});
     convert_to_f32(host.data(), DType::kBF16, qkv[i].data_as<float>(), host.size());
@@ -790,9 +789,9 @@ Status WanCudaModel::Impl::run(const std::vector<float>& timesteps, const WanCud
     VEDA_RETURN_IF_ERROR(gemm.linear(blk.attn2.v, fb.context.data(), B * L, fb.ctx_v.data(), nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kOther));
     VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.q.data(), fb.q.data(), B, N, H, D, true, c.eps,
-                                      blk.attn2.norm_q.as<float>(), nullptr, nullptr, 0, nullptr));
+                                      blk.attn2.norm_q.as<float>(), nullptr, false, nullptr));
     VEDA_CUDA_CHECK(dit_cuda::rms_rope(fb.ctx_k.data(), fb.ctx_k.data(), B, L, H, D, true, c.eps,
-                                      blk.attn2.norm_k.as<float>(), nullptr, nullptr, 0, nullptr));
+                                      blk.attn2.norm_k.as<float>(), nullptr, false, nullptr));
     VEDA_RETURN_IF_ERROR(timer.mark(kCross));
     if (fb.cross_tiled) {
       AttentionParams p;

@@ -32,13 +32,12 @@ cudaError_t layer_norm(const float* x, void* y, int64_t rows, int dim, float eps
 
 cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, int heads,
                      int head_dim, bool normalize, float eps, const float* weight,
-                     const float2* rope, const int32_t* token_slot, int64_t dst_tokens,
-                     cudaStream_t stream) {
+                     const float2* rope, bool head_major, cudaStream_t stream) {
   if (batch * tokens <= 0) return cudaSuccess;
   const size_t smem = size_t(heads * head_dim + 33) * sizeof(float);
   kernels::rms_rope_kernel<<<unsigned(batch * tokens), kernels::kRowThreads, smem, stream>>>(
       static_cast<const bf16*>(x), static_cast<bf16*>(dst), tokens, heads, head_dim, normalize,
-      eps, weight, rope, token_slot, dst_tokens);
+      eps, weight, rope, head_major);
   return cudaGetLastError();
 }
 

@@ -19,14 +19,11 @@ cudaError_t layer_norm(const float* x, void* y, int64_t rows, int dim, float eps
 
 // Rows of a token-major bf16 [batch * tokens, heads * head_dim] tensor: optional RMSNorm over the
 // full width (times `weight`), optional Wan 3D RoPE (`rope`: [tokens][head_dim/2] (cos, sin)),
-// written to `dst`:
-//   dst_tokens == 0 : token-major like the input (may be the input itself)
-//   dst_tokens  > 0 : head-major [batch, heads, dst_tokens, head_dim] at row
-//                     token_slot[h * tokens + token] (or `token` when token_slot is null)
+// written to `dst` token-major like the input (it may be the input itself), or head-major
+// [batch, heads, tokens, head_dim].
 cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, int heads,
                      int head_dim, bool normalize, float eps, const float* weight,
-                     const float2* rope, const int32_t* token_slot, int64_t dst_tokens,
-                     cudaStream_t stream);
+                     const float2* rope, bool head_major, cudaStream_t stream);
 
 // The self-attention operands in tile order with the selector's tile statistics
 // (kernels/dit_tile_producer.cuh): per tensor, optional RMSNorm over the full width (times

@@ -4,9 +4,8 @@
 // width across heads): the row is staged in shared memory as f32, block-reduced (warp shuffles,
 // then one warp over the warp partials), statistics in f32, then every thread writes its
 // elements. RoPE rotates adjacent pairs (2i, 2i+1) of each head with a [token][pair] (cos, sin)
-// table; the destination row of a (head, token) comes from a token -> slot table, which is how
-// q/k/v land directly in the attention kernel's tile order. Flat kernels (GELU, residual, SiLU)
-// are grid-stride loops.
+// table, written token-major or head-major (the self-attention operands in tile order come from
+// dit_tile_producer.cuh instead). Flat kernels (GELU, residual, SiLU) are grid-stride loops.
 // Layout: activations token-major [B * N, width] (bf16, or f32 for the residual stream);
 // attention operands head-major [B, H, rows, head_dim].
 // Sync: __syncthreads around the shared-memory reductions only; no inter-CTA communication.
@@ -83,7 +82,7 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, __nv_bfloat16* __
 __global__ void rms_rope_kernel(const __nv_bfloat16* x, __nv_bfloat16* dst, int64_t tokens,
                                 int heads, int head_dim, bool normalize, float eps,
                                 const float* __restrict__ weight, const float2* __restrict__ rope,
-                                const int32_t* __restrict__ token_slot, int64_t dst_tokens) {
+                                bool head_major) {
   extern __shared__ float smem[];
   const int width = heads * head_dim;
   float* row = smem;
@@ -122,13 +121,7 @@ __global__ void rms_rope_kernel(const __nv_bfloat16* x, __nv_bfloat16* dst, int6
     __nv_bfloat162 out;
     out.x = __float2bfloat16(x1);
     out.y = __float2bfloat16(x2);
-    int64_t offset;
-    if (dst_tokens == 0) {
-      offset = r * width + i;
-    } else {
-      const int64_t slot = token_slot ? token_slot[int64_t(h) * tokens + token] : token;
-      offset = ((b * heads + h) * dst_tokens + slot) * head_dim + d;
-    }
+    const int64_t offset = head_major ? ((b * heads + h) * tokens + token) * head_dim + d : r * width + i;
     *reinterpret_cast<__nv_bfloat162*>(dst + offset) = out;
   }
 }
