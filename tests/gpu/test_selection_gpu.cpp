@@ -437,7 +437,10 @@ INSTANTIATE_TEST_SUITE_P(
         RandomCase{"estimator_f16_head0_huge", {9, 30, 45}, 0, {k444, k188}, DType::kF16, 1, 64,
                    0.05, GpuScoreMethod::kEstimator, true, true, false, 0.4f, false, 3e3f},
         RandomCase{"mean_bf16_head0_tiny", {9, 30, 45}, 0, {k444, k444}, DType::kBF16, 1, 128,
-                   0.05, GpuScoreMethod::kMean, true, true, false, 0.4f, false, 1e-6f}),
+                   0.05, GpuScoreMethod::kMean, true, true, false, 0.4f, false, 1e-6f},
+        // 2,560 tiles a head: more than the top-k's 64 threads list in one round of 32 each.
+        RandomCase{"stats_bf16_2560_tiles", {40, 64, 64}, 0, {k188, k444}, DType::kBF16, 1, 64,
+                   0.03, GpuScoreMethod::kStats}),
         ::testing::Values(GpuScorePrecision::kF32, GpuScorePrecision::kF16x3)),
     [](const auto& info) {
       return std::get<0>(info.param).name + "_" + precision_name(std::get<1>(info.param));
