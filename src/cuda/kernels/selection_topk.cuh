@@ -188,28 +188,29 @@ __device__ __forceinline__ int block_append(uint16_t* list, int count, bool pred
 
 // Lists the tiles j < n with bit 0 / bit 1 of sel(j) set into list0 / list1, ascending. Each
 // thread takes a contiguous run of tiles, so one scan ranks them all (an append per 256 tiles cost
-// 5x the instructions of the rest of the kernel). The lists are visible to the CTA on return.
+// 5x the instructions of the rest of the kernel). sel runs once a tile: a run is at most 32 tiles,
+// its bits kept in two words, and the writes walk the set bits; rows of more than 64 x 32 tiles
+// go in rounds of 64 runs. The lists are visible to the CTA on return.
 template <class Sel>
 __device__ __forceinline__ void list_tiles(int n, const Sel& sel, uint16_t* list0, uint16_t* list1,
                                            int& count0, int& count1, unsigned* s_scan) {
-  const int per = (n + kTopkThreads - 1) / kTopkThreads;
-  const int begin = min(n, int(threadIdx.x) * per), end = min(n, begin + per);
-  unsigned mine = 0;  // list0 count | list1 count << 16 (n <= 65535)
-  for (int j = begin; j < end; ++j) {
-    const unsigned m = sel(j);
-    mine += (m & 1u) + ((m >> 1) << 16);
-  }
-  unsigned total;
-  const unsigned before = block_scan(mine, s_scan, total) - mine;
-  if (mine != 0) {
-    int at0 = count0 + int(before & 0xffffu), at1 = count1 + int(before >> 16);
-    for (int j = begin; j < end; ++j) {
+  const int per = min(32, (n + kTopkThreads - 1) / kTopkThreads);
+  for (int round = 0; round < n; round += kTopkThreads * per) {
+    const int begin = min(n, round + int(threadIdx.x) * per), end = min(n, begin + per);
+    unsigned bits0 = 0, bits1 = 0, bit = 1;
+    for (int j = begin; j < end; ++j, bit <<= 1) {
       const unsigned m = sel(j);
-      if (m & 1u) list0[at0++] = uint16_t(j);
-      if (m & 2u) list1[at1++] = uint16_t(j);
+      if (m & 1u) bits0 |= bit;
+      if (m & 2u) bits1 |= bit;
     }
+    const unsigned mine = unsigned(__popc(bits0)) | unsigned(__popc(bits1)) << 16;  // <= 32 each
+    unsigned total;  // a round lists at most 64 x 32 tiles a list: 16 bits
+    const unsigned before = block_scan(mine, s_scan, total) - mine;
+    int at0 = count0 + int(before & 0xffffu), at1 = count1 + int(before >> 16);
+    for (; bits0 != 0; bits0 &= bits0 - 1u) list0[at0++] = uint16_t(begin + __ffs(bits0) - 1);
+    for (; bits1 != 0; bits1 &= bits1 - 1u) list1[at1++] = uint16_t(begin + __ffs(bits1) - 1);
+    count0 += int(total & 0xffffu), count1 += int(total >> 16);
   }
-  count0 += int(total & 0xffffu), count1 += int(total >> 16);
   __syncthreads();
 }
 
