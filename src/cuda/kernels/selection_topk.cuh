@@ -152,6 +152,40 @@ __device__ uint32_t kth_largest_key(const float* s_v, const uint16_t* list, int 
   return x;
 }
 
+// The smallest x of [-FLT_MAX, +inf] with bin_of(x) >= b, or NaN if there is none, for a
+// bin_of that is monotone non-decreasing in x: then bin_of(y) >= b <=> y >= x for every y of
+// [-FLT_MAX, +inf], and y >= x is false for -inf and NaN. Called by the whole warp; lanes 0-15
+// and 16-31 may search different b. First the 16 order keys from guess - 7: if bin_of crosses b
+// inside them, or they start at -FLT_MAX above it or end at +inf below it, that is the answer
+// (b <= 0 and b past the last bin are such guesses). Otherwise a bitwise search counts the keys
+// below b, 4 bits a step (8 steps).
+template <class BinOf>
+__device__ float bin_threshold(const BinOf& bin_of, int b, float guess, int lane) {
+  constexpr uint32_t kMin = 0x00800000u;  // order_key(-FLT_MAX)
+  constexpr uint32_t kMax = 0xff800000u;  // order_key(+inf)
+  const uint32_t d = uint32_t(lane) & 15u, group = 0xffffu << (lane & 16);
+  auto below = [&](uint32_t key) { return bin_of(key_value(key)) < b; };  // key in [kMin, kMax]
+  const uint32_t start = min(max(order_key(guess), kMin + 7u), kMax - 8u) - 7u;
+  // The keys below b are a prefix of any ascending run: c of them, c = 0..16.
+  const int c = __popc(__ballot_sync(kFullMask, below(start + d)) & group);
+  uint32_t key = start + uint32_t(c);  // the first key not below b when 0 < c < 16
+  bool none = c == 16 && start == kMax - 15u;
+  const bool known = (c > 0 && c < 16) || (c == 0 && start == kMin) || none;
+  if (!__all_sync(kFullMask, known)) {
+    uint32_t count = 0;  // keys from kMin below b (all 2^32 - 1 offsets: none)
+#pragma unroll
+    for (int s = 28; s >= 0; s -= 4) {
+      // count >= count + d 2^s <=> the key at offset count + d 2^s - 1 is below b (d >= 1);
+      // offsets past kMax stand for kMax. No overflow: count's bits are above s + 3.
+      const uint32_t off = count + (d << s) - 1u;
+      const bool t = d == 0 || below(kMin + min(off, kMax - kMin));
+      count += uint32_t(__popc(__ballot_sync(kFullMask, t) & group) - 1) << s;
+    }
+    if (!known) key = kMin + count, none = count > kMax - kMin;
+  }
+  return none ? __uint_as_float(0x7fffffffu) : key_value(key);
+}
+
 // Inclusive scan of x over the CTA's threads in thread order; `total` gets the sum. The barriers
 // make s_scan reusable on return.
 __device__ __forceinline__ unsigned block_scan(unsigned x, unsigned* s_scan, unsigned& total) {
@@ -412,21 +446,29 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
       __syncthreads();
     }
     const int B = int(s_bcast[0]), above = int(s_bcast[1]);
-    // Values <= x_lo map below B (checked), so most tiles skip the bin arithmetic.
-    float x_lo = -INFINITY;
-    if (B > 0) {
-      const float t = vmin + float(B - 1) / inv;
-      if (bin_of(t) < B) x_lo = t;
+    // x_b: the smallest x with bin_of(x) >= B (lanes 0-15), x_b1 with bin_of(x) >= B + 1 (lanes
+    // 16-31; NaN if none), so that bin_of(y) >= B <=> y >= x_b for every y but -inf and NaN, for
+    // which y >= x_b is false: the same booleans as bin_of(v + 2e) >= B for listed v, and
+    // bin_of(v) == B <=> v >= x_b && !(v >= x_b1), without the per-tile bin arithmetic.
+    float x_b, x_b1;
+    {
+      const int b = B + (lane >> 4);
+      const float guess = b <= 0 ? -FLT_MAX
+                          : b >= kTopkBins ? INFINITY
+                                           : vmin + float(b) * ((vmax - vmin) * (1.f / kTopkBins));
+      const float x = bin_threshold(bin_of, b, guess, lane);
+      x_b = __shfl_sync(kFullMask, x, 0), x_b1 = __shfl_sync(kFullMask, x, 16);
     }
 
     // List forced tiles and the candidates that may reach tau (ascending); bin B's apart.
+    // (v = -inf: v + 2e is -inf or NaN, below x_b.)
     int in_b = 0;
     list_tiles(
         n,
         [&](int j) {
-          const float v = s_v[j], hi = v + two_e;
-          const bool reach = v != -INFINITY && hi > x_lo && bin_of(hi) >= B;
-          return unsigned(reach || forced(j)) | (unsigned(reach && bin_of(v) == B) << 1);
+          const float v = s_v[j];
+          const bool reach = v + two_e >= x_b;
+          return unsigned(reach || forced(j)) | (unsigned(reach && v >= x_b && !(v >= x_b1)) << 1);
         },
         s_list, s_sub, listed, in_b, s_scan);
     if (warp == 0) {
