@@ -220,18 +220,23 @@ __device__ __forceinline__ int block_append(uint16_t* list, int count, bool pred
   return count + int(total);
 }
 
-// Lists the tiles j < n with bit 0 / bit 1 of sel(j) set into list0 / list1, ascending. Each
+// Lists the tiles j < n with bit 0 / bit 1 of sel(j) set, or forced (j < force_end or j ==
+// force_one: list0 only), into list0 / list1, ascending. Each
 // thread takes a contiguous run of tiles, so one scan ranks them all (an append per 256 tiles cost
 // 5x the instructions of the rest of the kernel). sel runs once a tile: a run is at most 32 tiles,
 // its bits kept in two words, and the writes walk the set bits; rows of more than 64 x 32 tiles
 // go in rounds of 64 runs. The lists are visible to the CTA on return.
 template <class Sel>
-__device__ __forceinline__ void list_tiles(int n, const Sel& sel, uint16_t* list0, uint16_t* list1,
-                                           int& count0, int& count1, unsigned* s_scan) {
+__device__ __forceinline__ void list_tiles(int n, int force_end, int force_one, const Sel& sel,
+                                           uint16_t* list0, uint16_t* list1, int& count0,
+                                           int& count1, unsigned* s_scan) {
   const int per = min(32, (n + kTopkThreads - 1) / kTopkThreads);
   for (int round = 0; round < n; round += kTopkThreads * per) {
     const int begin = min(n, round + int(threadIdx.x) * per), end = min(n, begin + per);
-    unsigned bits0 = 0, bits1 = 0, bit = 1;
+    // The forced tiles of the run: a prefix of it, and one bit.
+    const int nf = min(end, force_end) - begin;
+    unsigned bits0 = nf <= 0 ? 0u : nf >= 32 ? ~0u : (1u << nf) - 1u, bits1 = 0, bit = 1;
+    if (force_one >= begin && force_one < end) bits0 |= 1u << (force_one - begin);
     for (int j = begin; j < end; ++j, bit <<= 1) {
       const unsigned m = sel(j);
       if (m & 1u) bits0 |= bit;
@@ -291,7 +296,9 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   }
 
   const bool prefix_forced = p.force_prefix, self_forced = p.force_self;
-  auto forced = [&](int j) { return (prefix_forced && j < np) || (self_forced && j == i); };
+  // Forced tiles: j < force_end (the prefix), j == force_one (self; -1: none).
+  const int force_end = prefix_forced ? np : 0, force_one = self_forced ? i : -1;
+  auto forced = [&](int j) { return j < force_end || j == force_one; };
   const bool prior = p.distance != nullptr && i >= np;
   const float* bias_h = p.key_bias ? p.key_bias + int64_t(h) * T : nullptr;
   const uint32_t* coords_h = p.key_coords + int64_t(h) * T;
@@ -330,40 +337,57 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   const float* raw = p.logits + (bh * p.logits_rows + i) * p.logits_stride;
   float vmax = -INFINITY, vmin = INFINITY;
   int candidates = 0;
-  bool bad = false;
+  int bad = 0;  // a NaN or +inf logit of an existing pair (the finish loop sets 1)
   auto finish_row = [&](auto split_c, auto prior_c, auto bias_c) {
     constexpr bool kSplit = decltype(split_c)::value, kPrior = decltype(prior_c)::value,
                    kBias = decltype(bias_c)::value;
-    for (int j0 = tid; j0 < T; j0 += kTopkThreads * kTopkLoadBatch) {
-      float r[kTopkLoadBatch], ks[kTopkLoadBatch], kb[kTopkLoadBatch];
-      uint32_t kc[kTopkLoadBatch];
+    // Values loaded past n are never used (v = -inf there): set once, so that the predicated
+    // loads need no else.
+    float r[kTopkLoadBatch] = {}, ks[kTopkLoadBatch] = {}, kb[kTopkLoadBatch] = {};
+    uint32_t kc[kTopkLoadBatch] = {};
+    // The batch's tiles at immediate offsets from pointers that step a batch at a time (null for
+    // the arrays this instantiation does not read).
+    const float* raw_j = raw + tid;
+    const float* ks_j = kSplit ? k_scale + tid : nullptr;
+    const float* kb_j = kBias ? bias_h + tid : nullptr;
+    const uint32_t* kc_j = kPrior ? coords_h + tid : nullptr;
+    constexpr int kStep = kTopkThreads * kTopkLoadBatch;
+    for (int j0 = tid; j0 < T; j0 += kStep) {
 #pragma unroll
       for (int u = 0; u < kTopkLoadBatch; ++u) {
-        const int j = j0 + kTopkThreads * u;
-        const bool in = j < n;
-        r[u] = in ? __ldcs(raw + j) : 0.f;
-        if constexpr (kSplit) ks[u] = in ? __ldg(k_scale + j) : 1.f;
-        if constexpr (kBias) kb[u] = in ? __ldg(bias_h + j) : 0.f;
-        if constexpr (kPrior) kc[u] = in ? __ldg(coords_h + j) : 0u;
+        if (j0 + kTopkThreads * u < n) {
+          r[u] = __ldcs(raw_j + kTopkThreads * u);
+          if constexpr (kSplit) ks[u] = __ldg(ks_j + kTopkThreads * u);
+          if constexpr (kBias) kb[u] = __ldg(kb_j + kTopkThreads * u);
+          if constexpr (kPrior) kc[u] = __ldg(kc_j + kTopkThreads * u);
+        }
       }
+      float vs[kTopkLoadBatch];
 #pragma unroll
       for (int u = 0; u < kTopkLoadBatch; ++u) {
         const int j = j0 + kTopkThreads * u;
         if (j >= T) break;
-        float v = -INFINITY;
-        if (j < n) {
-          v = kSplit ? r[u] * q_scale * ks[u] : r[u];
-          if constexpr (kBias) v += kb[u];
-          if constexpr (kPrior) {
-            if (j >= np) v += prior_of(kc[u]);
-          }
-          bad |= !(v < INFINITY);  // NaN or +inf
+        float v = kSplit ? r[u] * q_scale * ks[u] : r[u];
+        if constexpr (kBias) v += kb[u];
+        if constexpr (kPrior) {
+          if (j >= np) v += prior_of(kc[u]);
         }
-        if (logits_out) logits_out[j] = v + row_const;
-        const bool candidate = j < n && !forced(j) && v != -INFINITY;
+        v = j < n ? v : -INFINITY;
+        if (!(v < INFINITY)) bad = 1;  // NaN or +inf
+        vs[u] = v;
+        const bool candidate = !forced(j) && v != -INFINITY;
         s_v[j] = candidate ? v : -INFINITY;
         if (candidate) ++candidates, vmax = fmaxf(vmax, v), vmin = fminf(vmin, v);
       }
+      if (logits_out) {
+#pragma unroll
+        for (int u = 0; u < kTopkLoadBatch; ++u)
+          if (j0 + kTopkThreads * u < T) logits_out[j0 + kTopkThreads * u] = vs[u] + row_const;
+      }
+      raw_j += kStep;
+      if constexpr (kSplit) ks_j += kStep;
+      if constexpr (kBias) kb_j += kStep;
+      if constexpr (kPrior) kc_j += kStep;
     }
   };
   with_flag(split, [&](auto s) {
@@ -380,10 +404,10 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     s_red_i[0][warp] = candidates, s_red_i[1][warp] = warp_bad;
   }
   __syncthreads();  // also orders the s_v writes before any cross-thread read
-  bad = false, candidates = 0;
+  bad = 0, candidates = 0;
   for (int w = 0; w < kTopkWarps; ++w) {
     vmax = fmaxf(vmax, s_red_f[0][w]), vmin = fminf(vmin, s_red_f[1][w]);
-    candidates += s_red_i[0][w], bad |= s_red_i[1][w] != 0;
+    candidates += s_red_i[0][w], bad |= s_red_i[1][w];
   }
   if (bad) {
     if (tid == 0) {
@@ -403,7 +427,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     if (take > 0) keep_from = -FLT_MAX;  // every candidate
     int none = 0;
     list_tiles(
-        n, [&](int j) { return unsigned(forced(j) || (take > 0 && s_v[j] != -INFINITY)); },
+        n, force_end, force_one, [&](int j) { return unsigned(take > 0 && s_v[j] != -INFINITY); },
         s_list, nullptr, listed, none, s_scan);
   } else {
     // The row's error bound (above).
@@ -464,11 +488,11 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     // (v = -inf: v + 2e is -inf or NaN, below x_b.)
     int in_b = 0;
     list_tiles(
-        n,
+        n, force_end, force_one,
         [&](int j) {
           const float v = s_v[j];
           const bool reach = v + two_e >= x_b;
-          return unsigned(reach || forced(j)) | (unsigned(reach && v >= x_b && !(v >= x_b1)) << 1);
+          return unsigned(reach) | (unsigned(reach && v >= x_b && !(v >= x_b1)) << 1);
         },
         s_list, s_sub, listed, in_b, s_scan);
     if (warp == 0) {
