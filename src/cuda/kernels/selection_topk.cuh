@@ -46,7 +46,7 @@
 //    (2^-24 (|q| K_u + B_h)), and the f32 rounding of v -+ 2e in the comparisons.
 // On structured inputs a few tiles a row fall within 2e of tau.
 // Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
-// Shared memory per row: values [T] f32, two lists [T] uint16, histogram [256] int32.
+// Shared memory per row: histogram [256] int32, values [T] f32, two lists [T] uint16.
 // Sync: __syncthreads between the phases; the two k-th-value searches and the tie walk run in
 // warp 0 (their lists are short).
 #pragma once
@@ -275,11 +275,12 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     s_dist[tid] = p.distance[h * kDistanceTableSize + tid];
 
   const int T = p.max_tiles;
-  // The row: values [T] f32, list [T] u16, second list [T] u16, histogram [256] i32.
-  float* s_v = s_row;
+  // The row: histogram [256] i32 (first: a bin's address is one LEA), values [T] f32, list [T]
+  // u16, second list [T] u16.
+  int* s_hist = reinterpret_cast<int*>(s_row);
+  float* s_v = s_row + kTopkBins;
   uint16_t* s_list = reinterpret_cast<uint16_t*>(s_v + T);
   uint16_t* s_sub = s_list + T;
-  int* s_hist = reinterpret_cast<int*>(s_v + 2 * T);
 
   const int64_t bh = int64_t(blockIdx.z) * p.heads + h;
   const int64_t row = bh * T + i;
@@ -438,16 +439,16 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     if (!(two_e <= FLT_MAX)) two_e = INFINITY;  // overflow (0 * inf: NaN): rescore every candidate
 
     // 2. Histogram; B = the bin of the take-th largest value, `above` = candidates above B.
-    for (int t = tid; t < kTopkBins; t += kTopkThreads) s_hist[t] = 0;
+    // Every tile j < n is counted, the n - candidates of them with s_v = -inf (forced, or v =
+    // -inf) in bin 0 (vmin, vmax finite: inv is in [0, inf], and bin_of(-inf) = 0), which starts
+    // at candidates - n: no test or branch a tile.
+    for (int t = tid; t < kTopkBins; t += kTopkThreads) s_hist[t] = t == 0 ? candidates - n : 0;
     __syncthreads();
     const float inv = float(kTopkBins) / (vmax - vmin);  // inf / 0 / NaN cases stay monotone
     auto bin_of = [&](float x) {
       return int(fminf(fmaxf((x - vmin) * inv, 0.f), float(kTopkBins - 1)));
     };
-    for (int j = tid; j < n; j += kTopkThreads) {
-      const float v = s_v[j];
-      if (v != -INFINITY) atomicAdd(&s_hist[bin_of(v)], 1);
-    }
+    for (int j = tid; j < n; j += kTopkThreads) atomicAdd(&s_hist[bin_of(s_v[j])], 1);
     __syncthreads();
     {  // thread t: bins 255 - kBinsPerThread t downwards; counts from the top bin down
       constexpr int kBinsPerThread = kTopkBins / kTopkThreads;
