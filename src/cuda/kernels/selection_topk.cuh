@@ -16,7 +16,8 @@
 //     [min, max] (a monotone value -> bin map, so rounding never breaks the order; the bins follow
 //     the values, not their exponent bits, so the shared-memory atomics rarely collide) gives the
 //     bin B of the take-th largest value. Forced tiles and candidates whose v + 2e maps to B or
-//     above are listed in ascending order (e: the row's error bound); tau, the take-th largest v,
+//     above are listed in ascending order (e: the row's error bound; "maps to B or above" as a
+//     compare with the smallest float that does, found once a row); tau, the take-th largest v,
 //     follows from a bitwise search over the listed tiles of bin B.
 //  3. Listed candidates with v - 2e > tau are in (A); those with v + 2e >= tau (U) get their
 //     canonical logit r, and the need = take - |A| largest r of U are chosen: the need-th largest
@@ -275,8 +276,8 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     s_dist[tid] = p.distance[h * kDistanceTableSize + tid];
 
   const int T = p.max_tiles;
-  // The row: histogram [256] i32 (first: a bin's address is one LEA), values [T] f32, list [T]
-  // u16, second list [T] u16.
+  // The row: histogram [256] i32 (first: a bin's address is one LEA), values [T] f32 (j < n
+  // only: no pass reads past n), list [T] u16, second list [T] u16.
   int* s_hist = reinterpret_cast<int*>(s_row);
   float* s_v = s_row + kTopkBins;
   uint16_t* s_list = reinterpret_cast<uint16_t*>(s_v + T);
@@ -342,8 +343,8 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   auto finish_row = [&](auto split_c, auto prior_c, auto bias_c) {
     constexpr bool kSplit = decltype(split_c)::value, kPrior = decltype(prior_c)::value,
                    kBias = decltype(bias_c)::value;
-    // Values loaded past n are never used (v = -inf there): set once, so that the predicated
-    // loads need no else.
+    // Tiles j >= n are neither loaded nor finished: the registers are set once, so that the
+    // predicated loads need no else.
     float r[kTopkLoadBatch] = {}, ks[kTopkLoadBatch] = {}, kb[kTopkLoadBatch] = {};
     uint32_t kc[kTopkLoadBatch] = {};
     // The batch's tiles at immediate offsets from pointers that step a batch at a time (null for
@@ -353,7 +354,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     const float* kb_j = kBias ? bias_h + tid : nullptr;
     const uint32_t* kc_j = kPrior ? coords_h + tid : nullptr;
     constexpr int kStep = kTopkThreads * kTopkLoadBatch;
-    for (int j0 = tid; j0 < T; j0 += kStep) {
+    for (int j0 = tid; j0 < n; j0 += kStep) {
 #pragma unroll
       for (int u = 0; u < kTopkLoadBatch; ++u) {
         if (j0 + kTopkThreads * u < n) {
@@ -367,13 +368,12 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
 #pragma unroll
       for (int u = 0; u < kTopkLoadBatch; ++u) {
         const int j = j0 + kTopkThreads * u;
-        if (j >= T) break;
+        if (j >= n) break;
         float v = kSplit ? r[u] * q_scale * ks[u] : r[u];
         if constexpr (kBias) v += kb[u];
         if constexpr (kPrior) {
           if (j >= np) v += prior_of(kc[u]);
         }
-        v = j < n ? v : -INFINITY;
         if (!(v < INFINITY)) bad = 1;  // NaN or +inf
         vs[u] = v;
         const bool candidate = !forced(j) && v != -INFINITY;
@@ -383,7 +383,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
       if (logits_out) {
 #pragma unroll
         for (int u = 0; u < kTopkLoadBatch; ++u)
-          if (j0 + kTopkThreads * u < T) logits_out[j0 + kTopkThreads * u] = vs[u] + row_const;
+          if (j0 + kTopkThreads * u < n) logits_out[j0 + kTopkThreads * u] = vs[u] + row_const;
       }
       raw_j += kStep;
       if constexpr (kSplit) ks_j += kStep;
@@ -396,6 +396,9 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
       with_flag(bias_h != nullptr, [&](auto kb) { finish_row(s, pr, kb); });
     });
   });
+  // Tiles j >= n: no pair (s_v[j] is never read: every pass stops at n).
+  if (logits_out)
+    for (int j = n + tid; j < T; j += kTopkThreads) logits_out[j] = -INFINITY + row_const;
   // CTA reductions: max, min, candidates, bad.
   vmax = warp_max(vmax), vmin = warp_min(vmin);
   candidates = int(__reduce_add_sync(kFullMask, unsigned(candidates)));
