@@ -23,19 +23,11 @@
 #include <cstdint>
 
 #include "cuda/dit_launch.hpp"
+#include "cuda/kernels/chunk_ops.cuh"
 
 namespace veda::dit_cuda::kernels {
 
 inline constexpr int kTileRows = 8;  // token rows reduced together (and loads in flight a thread)
-
-__device__ __forceinline__ void bf16x8_to_float(const uint4& c, float* f) {
-  const uint32_t w[4] = {c.x, c.y, c.z, c.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
 
 __global__ void __launch_bounds__(kTileProducerMaxThreads)
     tile_producer_kernel(const __grid_constant__ TileProducerParams p) {
@@ -54,13 +46,13 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
 #pragma unroll
   for (int e = 0; e < 8; ++e) sum[e] = 0.f, hi[e] = -INFINITY, lo[e] = INFINITY;
   // Read per row (L1 hits) rather than held: 8 registers fewer, no spills.
-  const float4* weight = t.weight ? reinterpret_cast<const float4*>(t.weight + h * p.head_dim + d0)
-                                  : nullptr;
+  const float4* weight =
+      t.weight ? reinterpret_cast<const float4*>(t.weight + h * p.head_dim + d0) : nullptr;
   const int valid = p.tile_valid[tile];
   const int32_t* slots = p.tile_slots + int64_t(tile) * p.volume;
   const uint4* xr = reinterpret_cast<const uint4*>(t.x) + b * p.tokens * row_chunks + c;
-  uint4* dst = reinterpret_cast<uint4*>(t.dst) + (b * p.heads + h) * p.dst_tokens * chunks_per_head +
-               d0 / 8;
+  uint4* dst =
+      reinterpret_cast<uint4*>(t.dst) + (b * p.heads + h) * p.dst_tokens * chunks_per_head + d0 / 8;
   const int32_t* head_slot = p.token_slot + int64_t(h) * p.tokens;
   const int half = p.head_dim / 2;
 
@@ -83,7 +75,7 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
 #pragma unroll
       for (int u = 0; u < kTileRows; ++u) {
         float f[8];
-        bf16x8_to_float(raw[u], f);
+        cuda::ChunkOps<__nv_bfloat16>::to_float(raw[u], f);
         ss[u] = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) ss[u] = fmaf(f[e], f[e], ss[u]);
@@ -106,7 +98,7 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
     for (int u = 0; u < kTileRows; ++u) {
       if (u >= n || !live) break;
       float f[8];
-      bf16x8_to_float(raw[u], f);
+      cuda::ChunkOps<__nv_bfloat16>::to_float(raw[u], f);
       if (weight) {
         const float r = rstd_row[u];
         const float4 wa = __ldg(weight), wb = __ldg(weight + 1);
@@ -115,12 +107,14 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
         for (int e = 0; e < 8; ++e) f[e] *= r * w[e];
       }
       if (t.rope) {
-        const float4* cs = reinterpret_cast<const float4*>(p.rope + int64_t(token[u]) * half + d0 / 2);
+        const float4* cs =
+            reinterpret_cast<const float4*>(p.rope + int64_t(token[u]) * half + d0 / 2);
         const float4 a = __ldg(cs), bcs = __ldg(cs + 1);
         const float cos_sin[8] = {a.x, a.y, a.z, a.w, bcs.x, bcs.y, bcs.z, bcs.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const float x1 = f[2 * j], x2 = f[2 * j + 1], cv = cos_sin[2 * j], sv = cos_sin[2 * j + 1];
+          const float x1 = f[2 * j], x2 = f[2 * j + 1], cv = cos_sin[2 * j],
+                      sv = cos_sin[2 * j + 1];
           f[2 * j] = x1 * cv - x2 * sv;
           f[2 * j + 1] = x1 * sv + x2 * cv;
         }
@@ -134,7 +128,8 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
       const uint4 out = make_uint4(packed[0], packed[1], packed[2], packed[3]);
       dst[int64_t(__ldg(head_slot + token[u])) * chunks_per_head] = out;
       if (stats) {
-        bf16x8_to_float(out, f);  // the statistics of what the attention will read
+        cuda::ChunkOps<__nv_bfloat16>::to_float(
+            out, f);  // the statistics of what the attention will read
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           sum[e] += f[e];
