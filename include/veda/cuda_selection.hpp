@@ -90,9 +90,11 @@ struct GpuSelectStageTimes {
 
 // Tile statistics computed outside the selector, by a producer that reads every q and k row
 // anyway (the CUDA DiT's RMSNorm + RoPE kernel): f32 [batch, heads, max_tiles, head_dim] each,
-// equal to what compute_tile_stats gives from the tile-order q and k that select_tiled receives
-// (sums over the slots in order, mean = sum * (1 / valid)). Heads with heads[h] == 0 are computed
-// from the tile-order inputs as usual; the given heads' tile-order rows are not read.
+// equal to what select_tiled computes itself from the tile-order q and k it receives (sums over
+// the slots in order from 0, mean = sum * (1 / valid), max / min from -inf / +inf; the values of
+// compute_tile_stats but for the sign of a zero mean and NaN in max / min). Heads with
+// heads[h] == 0 are computed from the tile-order inputs as usual; the given heads' tile-order
+// rows are not read.
 struct GpuTileStatsInput {
   const float* q_mean = nullptr;
   const float* q_max = nullptr;

@@ -625,27 +625,22 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   // launch; padding slots hold zeros, or another plan's finite values (profile layers share the
   // buffers), and the kernels only need them finite. In veda mode the same pass computes the
   // tile statistics the selector scores from (for the heads of the reference layout).
-  float* stats[6] = {};  // null: no statistics (dense mode)
-  if (veda)
-    for (int i = 0; i < 6; ++i) stats[i] = fb.tile_stats[i].as<float>();
+  float* stats[6];
+  for (int i = 0; i < 6; ++i) stats[i] = fb.tile_stats[i].as<float>();
   dit_cuda::TileProducerParams tp{};
-  tp.t[0] = {fb.q.data(), fb.q_tiled.data(), blk.attn1.norm_q.as<float>(), true, stats[0],
-             stats[1], stats[2]};
-  tp.t[1] = {fb.k.data(), fb.k_tiled.data(), blk.attn1.norm_k.as<float>(), true, stats[3],
-             stats[4], stats[5]};
-  tp.t[2] = {fb.v.data(), fb.v_tiled.data(), nullptr, false, nullptr, nullptr, nullptr};
+  tp.t[0] = {fb.q.data(), fb.q_tiled.data(), blk.attn1.norm_q.as<float>(), true};
+  tp.t[1] = {fb.k.data(), fb.k_tiled.data(), blk.attn1.norm_k.as<float>(), true};
+  tp.t[2] = {fb.v.data(), fb.v_tiled.data(), nullptr, false};
   tp.tensors = 3;
   plan.producer.set_layout(tp);
+  ProducerTables::set_statistics(tp, veda ? stats : nullptr);
   tp.head_dim = D, tp.eps = c.eps;
   tp.rope = reinterpret_cast<const float2*>(fb.rope.as<float>());
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));
   VEDA_CUDA_CHECK(dit_cuda::tile_producer(tp, fb.batch, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
-    GpuTileStatsInput given;
-    given.q_mean = stats[0], given.q_max = stats[1], given.q_min = stats[2];
-    given.k_mean = stats[3], given.k_max = stats[4], given.k_min = stats[5];
-    given.heads = plan.producer.stat_heads_host;
+    const GpuTileStatsInput given = plan.producer.given(stats);
     VEDA_RETURN_IF_ERROR(plan.selector.select_tiled(
         fb.q_tiled.data(), fb.k_tiled.data(), DType::kBF16, int(fb.batch), D,
         fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr, nullptr, &given));
@@ -691,7 +686,9 @@ Status WanCudaModel::Impl::capture(ForwardBuffers& fb, const DevBlock& blk, int 
   Tensor qkv[3];
   std::vector<uint16_t> host(static_cast<size_t>(n));
   for (int i = 0; i < 3; ++i) {
-    // The self-attention path's norm + RoPE, to head-major token order [B, H, N, D].
+    // Norm + RoPE as the self-attention's producer applies them, to head-major token order
+    // [B, H, N, D] (rms_rope: its sum of squares runs in another order, so a value may differ
+    // from what the attention reads by one bf16 rounding).
     void* dst = fb.capture.as<uint16_t>() + i * n;
     VEDA_CUDA_CHECK(dit_cuda::rms_rope(src[i], dst, fb.batch, fb.tokens, H, D, i < 2, c.eps,
                                        norm[i], i < 2 ? rope : nullptr, true, nullptr));

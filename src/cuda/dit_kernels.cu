@@ -42,11 +42,19 @@ cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, in
 }
 
 cudaError_t tile_producer(const TileProducerParams& p, int64_t batch, cudaStream_t stream) {
-  const int row_chunks = p.heads * (p.head_dim / 8);
-  if (p.head_dim % 8 != 0 || row_chunks > kTileProducerMaxThreads || p.tensors < 1 ||
-      p.tensors > 3)
+  if (p.heads <= 0 || p.head_dim <= 0 || p.head_dim % 8 != 0 || p.tensors < 1 || p.tensors > 3 ||
+      batch > 65535 || int64_t(p.heads) * (p.head_dim / 8) > kTileProducerMaxThreads ||
+      !p.token_slot || !p.tile_slots || !p.tile_valid)
     return cudaErrorInvalidValue;
+  for (int i = 0; i < p.tensors; ++i) {
+    const TileProducerTensor& t = p.t[i];
+    const bool stats = t.mean || t.max || t.min;
+    if (!t.x || !t.dst || (t.rope && !p.rope) ||
+        (stats && (!t.mean || !t.max || !t.min || !p.stat_heads || p.stat_tiles < p.tiles)))
+      return cudaErrorInvalidValue;
+  }
   if (batch <= 0 || p.tiles <= 0) return cudaSuccess;
+  const int row_chunks = p.heads * (p.head_dim / 8);
   const dim3 grid(unsigned(p.tiles), unsigned(batch), unsigned(p.tensors));
   kernels::tile_producer_kernel<<<grid, (row_chunks + 31) / 32 * 32, 0, stream>>>(p);
   return cudaGetLastError();

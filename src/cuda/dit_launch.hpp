@@ -29,8 +29,9 @@ cudaError_t rms_rope(const void* x, void* dst, int64_t batch, int64_t tokens, in
 // (kernels/dit_tile_producer.cuh): per tensor, optional RMSNorm over the full width (times
 // `weight`) and optional RoPE, written to dst [batch, heads, dst_tokens, head_dim] at row
 // token_slot[h * tokens + token]; with `mean` set, the statistics of the heads marked in
-// `stat_heads` over the tiles of the reference layout (`tile_slots`, `tile_valid`), as
-// compute_tile_stats gives them from dst. heads * head_dim / 8 <= kTileProducerMaxThreads.
+// `stat_heads` over the tiles of the reference layout (`tile_slots`, `tile_valid`), as the
+// selector's statistics pass computes them from dst. heads * head_dim / 8 <=
+// kTileProducerMaxThreads.
 inline constexpr int kTileProducerMaxThreads = 640;  // Wan2.1-14B: 40 heads x 128
 
 struct TileProducerTensor {
@@ -38,9 +39,9 @@ struct TileProducerTensor {
   void* dst;              // [batch, heads, dst_tokens, head_dim] bf16
   const float* weight;    // [heads * head_dim] RMSNorm weight, or null: no RMSNorm
   bool rope;              // rotate with TileProducerParams::rope
-  float* mean;            // [batch, heads, stat_tiles, head_dim] f32 each, or all null
-  float* max;
-  float* min;
+  float* mean = nullptr;  // [batch, heads, stat_tiles, head_dim] f32 each, or all null
+  float* max = nullptr;
+  float* min = nullptr;
 };
 
 struct TileProducerParams {
@@ -58,8 +59,9 @@ struct TileProducerParams {
   const uint8_t* stat_heads;  // [heads]: 1 where the head's layout is the reference one
 };
 
-// cudaErrorInvalidValue if head_dim is not a multiple of 8 or the row needs more threads than
-// kTileProducerMaxThreads.
+// cudaErrorInvalidValue for head_dim not a positive multiple of 8, a row of more than
+// kTileProducerMaxThreads chunks, batch > 65535, a missing table or buffer, or statistics with
+// stat_tiles < tiles.
 cudaError_t tile_producer(const TileProducerParams& p, int64_t batch, cudaStream_t stream);
 
 // Head-major tile order [batch, heads, src_tokens, head_dim] -> token-major rows:

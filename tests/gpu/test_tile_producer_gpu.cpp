@@ -104,20 +104,14 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
     ASSERT_TRUE(fill_device_bytes(d.data(), 0xFF, stat_bytes).is_ok());
   }
 
+  float* stats[6];
+  for (int i = 0; i < 6; ++i) stats[i] = dstats[i].as<float>();
   dit_cuda::TileProducerParams p{};
-  for (int i = 0; i < 3; ++i) {
-    p.t[i].x = dx[i].data();
-    p.t[i].dst = ddst[i].data();
-    p.t[i].weight = i < 2 ? dw[i].as<float>() : nullptr;
-    p.t[i].rope = i < 2;
-    if (i < 2) {
-      p.t[i].mean = dstats[3 * i].as<float>();
-      p.t[i].max = dstats[3 * i + 1].as<float>();
-      p.t[i].min = dstats[3 * i + 2].as<float>();
-    }
-  }
+  for (int i = 0; i < 3; ++i)
+    p.t[i] = {dx[i].data(), ddst[i].data(), i < 2 ? dw[i].as<float>() : nullptr, i < 2};
   p.tensors = 3;
   tables->set_layout(p);
+  ProducerTables::set_statistics(p, stats);
   p.head_dim = D, p.eps = eps;
   p.rope = reinterpret_cast<const float2*>(drope.as<float>());
   ASSERT_EQ(dit_cuda::tile_producer(p, B, nullptr), cudaSuccess);
@@ -207,11 +201,7 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
   for (int run = 0; run < 2; ++run) {
     DeviceBuffer dc = DeviceBuffer::allocate(rows * 4).value();
     DeviceBuffer di = DeviceBuffer::allocate(rows * max_k * 4).value();
-    GpuTileStatsInput given;
-    given.q_mean = dstats[0].as<float>(), given.q_max = dstats[1].as<float>();
-    given.q_min = dstats[2].as<float>(), given.k_mean = dstats[3].as<float>();
-    given.k_max = dstats[4].as<float>(), given.k_min = dstats[5].as<float>();
-    given.heads = stat_heads;
+    const GpuTileStatsInput given = tables->given(stats);
     const Status st = selector->select_tiled(ddst[0].data(), ddst[1].data(), DType::kBF16, B, D,
                                              dc.as<int32_t>(), di.as<int32_t>(), nullptr, nullptr,
                                              run == 1 ? &given : nullptr);
@@ -221,6 +211,53 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
     ASSERT_TRUE(copy_to_host(indices[run].data(), di.data(), rows * max_k * 4).is_ok());
   }
   EXPECT_TRUE(counts[0] == counts[1] && indices[0] == indices[1]);
+}
+
+// Bad parameters are refused before any launch (so this runs without a GPU too).
+TEST(TileProducer, RejectsBadParameters) {
+  int32_t table = 0;
+  uint16_t row[8] = {};
+  float stat = 0;
+  uint8_t mark = 1;
+  const dit_cuda::TileProducerParams good = [&] {
+    dit_cuda::TileProducerParams p{};
+    p.t[0] = {row, row, nullptr, false};
+    p.tensors = 1;
+    p.tokens = p.dst_tokens = 1;
+    p.heads = 1, p.head_dim = 8;
+    p.token_slot = p.tile_slots = p.tile_valid = &table;
+    p.tiles = 1, p.volume = 1, p.stat_tiles = 1;
+    p.stat_heads = &mark;
+    return p;
+  }();
+  // Batch 0: the checks run, then nothing launches (the buffers here are host memory).
+  auto refused = [](const dit_cuda::TileProducerParams& p, int64_t batch = 0) {
+    return dit_cuda::tile_producer(p, batch, nullptr) == cudaErrorInvalidValue;
+  };
+  EXPECT_EQ(dit_cuda::tile_producer(good, 0, nullptr), cudaSuccess);
+  dit_cuda::TileProducerParams p = good;
+  p.t[0].mean = p.t[0].max = p.t[0].min = &stat;
+  EXPECT_EQ(dit_cuda::tile_producer(p, 0, nullptr), cudaSuccess);
+  p = good;
+  p.head_dim = 12;
+  EXPECT_TRUE(refused(p));  // not a multiple of 8
+  p = good, p.heads = 41, p.head_dim = 128;
+  EXPECT_TRUE(refused(p));  // 656 chunks a row > 640 threads
+  p = good, p.heads = 0;
+  EXPECT_TRUE(refused(p));
+  EXPECT_TRUE(refused(good, 65536));  // grid y
+  p = good, p.tensors = 4;
+  EXPECT_TRUE(refused(p));
+  p = good, p.token_slot = nullptr;
+  EXPECT_TRUE(refused(p));
+  p = good, p.t[0].x = nullptr;
+  EXPECT_TRUE(refused(p));
+  p = good, p.t[0].rope = true;  // no table
+  EXPECT_TRUE(refused(p));
+  p = good, p.t[0].mean = &stat;  // max, min missing
+  EXPECT_TRUE(refused(p));
+  p = good, p.t[0].mean = p.t[0].max = p.t[0].min = &stat, p.stat_tiles = 0;
+  EXPECT_TRUE(refused(p));
 }
 
 const TileShape k444{4, 4, 4}, k248{2, 4, 8}, k188{1, 8, 8};

@@ -5,7 +5,8 @@
 // precision) and its share of the attention time, two ways: standalone (select_tiled on the
 // problem's tile-order q and k: statistics, scoring, top-k) and as the DiT pays it (bf16 only):
 // its q/k producer (RMSNorm + RoPE into tile order) timed with and without the tile statistics
-// on random token-major rows, plus select_tiled given those statistics.
+// on random token-major rows (the median of the per-run differences), plus select_tiled given
+// those statistics. The two columns select from different random rows.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -105,7 +106,8 @@ Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayou
 struct DitProducer {
   ProducerTables tables;
   DeviceBuffer x[2], dst[2], weight[2], rope, stats[6];
-  dit_cuda::TileProducerParams params;  // statistics off; set_stats(true) turns them on
+  float* stats_ptr[6] = {};
+  dit_cuda::TileProducerParams params;
 
   static Result<std::unique_ptr<DitProducer>> make(int batch, const HeadLayouts& layouts,
                                                    int head_dim, uint64_t seed) {
@@ -129,14 +131,14 @@ struct DitProducer {
     const size_t rope = size_t(layouts.tokens()) * head_dim;
     VEDA_ASSIGN_OR_RETURN(d->rope, DeviceBuffer::allocate(rope * 4));
     VEDA_RETURN_IF_ERROR(fill_device_uniform(d->rope.data(), DType::kF32, rope, seed + 4, -1.f, 1.f));
-    for (DeviceBuffer& b : d->stats) {
-      VEDA_ASSIGN_OR_RETURN(b, DeviceBuffer::allocate(stat * 4));
+    for (int i = 0; i < 6; ++i) {
+      VEDA_ASSIGN_OR_RETURN(d->stats[i], DeviceBuffer::allocate(stat * 4));
+      d->stats_ptr[i] = d->stats[i].as<float>();
     }
     dit_cuda::TileProducerParams& p = d->params;
     p = {};
     for (int i = 0; i < 2; ++i)
-      p.t[i] = {d->x[i].data(), d->dst[i].data(), d->weight[i].as<float>(), true, nullptr, nullptr,
-                nullptr};
+      p.t[i] = {d->x[i].data(), d->dst[i].data(), d->weight[i].as<float>(), true};
     p.tensors = 2;
     d->tables.set_layout(p);
     p.head_dim = head_dim, p.eps = 1e-6f;
@@ -144,30 +146,20 @@ struct DitProducer {
     return d;
   }
 
-  void set_stats(bool on) {
-    for (int i = 0; i < 2; ++i) {
-      params.t[i].mean = on ? stats[3 * i].as<float>() : nullptr;
-      params.t[i].max = on ? stats[3 * i + 1].as<float>() : nullptr;
-      params.t[i].min = on ? stats[3 * i + 2].as<float>() : nullptr;
-    }
-  }
-
-  GpuTileStatsInput given() const {
-    GpuTileStatsInput g;
-    g.q_mean = stats[0].as<float>(), g.q_max = stats[1].as<float>(), g.q_min = stats[2].as<float>();
-    g.k_mean = stats[3].as<float>(), g.k_max = stats[4].as<float>(), g.k_min = stats[5].as<float>();
-    g.heads = tables.stat_heads_host;
-    return g;
+  Status run(bool with_stats, int batch) {
+    ProducerTables::set_statistics(params, with_stats ? stats_ptr : nullptr);
+    return cuda_status(dit_cuda::tile_producer(params, batch, nullptr), "tile_producer");
   }
 };
 
-// Medians (ms) of the producer without and with the statistics, and of select_tiled given them
-// (its stage events: the statistics of heads not given, scoring, top-k). The DiT's selection
-// costs the difference of the first two plus the third.
+// Medians (ms) of the q/k producer without and with the statistics (the two launches in turn, the
+// order swapped every run), of their per-run difference, and of select_tiled given the
+// statistics (its stage events: statistics of the heads not given, scoring, top-k). The DiT's
+// selection costs the difference plus the select.
 struct DitSelectionTimes {
-  double producer = 0, producer_stats = 0, select = 0;
+  double producer = 0, producer_stats = 0, stats_cost = 0, select = 0;
   double stages[3] = {};  // select's: statistics and features, scoring GEMM, top-k
-  double total() const { return producer_stats - producer + select; }
+  double total() const { return stats_cost + select; }
 };
 
 Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_dim,
@@ -185,26 +177,30 @@ Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_d
                         DeviceBuffer::allocate(rows * std::max(1, selector.max_k()) * 4));
   cudaEvent_t ev[3] = {};
   for (auto& e : ev) VEDA_CUDA_CHECK(cudaEventCreate(&e));
-  std::vector<double> plain, with_stats, select, stages[3];
+  std::vector<double> plain, with_stats, cost, select, stages[3];
   Status st;
-  const GpuTileStatsInput given = d.given();
+  const GpuTileStatsInput given = d.tables.given(d.stats_ptr);
   for (int r = 0; r < warmup + runs && st.is_ok(); ++r) {
-    d.set_stats(false);
+    // Both launches write the same q, k; the statistics stay from the one that computes them.
+    const bool stats_first = r % 2 == 1;
+    float first = 0, second = 0;
     st = cuda_status(cudaEventRecord(ev[0]), "cudaEventRecord");
-    if (st.is_ok()) st = cuda_status(dit_cuda::tile_producer(d.params, batch, nullptr), "tile_producer");
-    d.set_stats(true);
+    if (st.is_ok()) st = d.run(stats_first, batch);
     if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[1]), "cudaEventRecord");
-    if (st.is_ok()) st = cuda_status(dit_cuda::tile_producer(d.params, batch, nullptr), "tile_producer");
+    if (st.is_ok()) st = d.run(!stats_first, batch);
     if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[2]), "cudaEventRecord");
     GpuSelectStageTimes t;
     if (st.is_ok())
       st = selector.select_tiled(d.dst[0].data(), d.dst[1].data(), DType::kBF16, batch, head_dim,
                                  counts.as<int32_t>(), indices.as<int32_t>(), nullptr, &t, &given);
-    float a = 0, b = 0;
-    if (st.is_ok()) st = cuda_status(cudaEventElapsedTime(&a, ev[0], ev[1]), "cudaEventElapsedTime");
-    if (st.is_ok()) st = cuda_status(cudaEventElapsedTime(&b, ev[1], ev[2]), "cudaEventElapsedTime");
+    if (st.is_ok())
+      st = cuda_status(cudaEventElapsedTime(&first, ev[0], ev[1]), "cudaEventElapsedTime");
+    if (st.is_ok())
+      st = cuda_status(cudaEventElapsedTime(&second, ev[1], ev[2]), "cudaEventElapsedTime");
     if (st.is_ok() && r >= warmup) {
-      plain.push_back(a), with_stats.push_back(b), select.push_back(t.total_ms());
+      const double a = stats_first ? second : first, b = stats_first ? first : second;
+      plain.push_back(a), with_stats.push_back(b), cost.push_back(b - a);
+      select.push_back(t.total_ms());
       stages[0].push_back(t.gather_stats_ms), stages[1].push_back(t.score_ms);
       stages[2].push_back(t.select_ms);
     }
@@ -216,7 +212,7 @@ Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_d
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  return DitSelectionTimes{median(plain), median(with_stats), median(select),
+  return DitSelectionTimes{median(plain), median(with_stats), median(cost), median(select),
                            {median(stages[0]), median(stages[1]), median(stages[2])}};
 }
 
@@ -271,6 +267,7 @@ Status run_bench(const BenchOptions& opt) {
   VEDA_ASSIGN_OR_RETURN(auto densities, parse_densities(o.densities));
   if (o.mask != "random" && o.mask != "select")
     return invalid_argument("--mask must be random or select");
+  if (o.runs < 1 || o.warmup < 0) return invalid_argument("--runs must be >= 1, --warmup >= 0");
   VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));
   VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
   // One set of inputs for every density; masks are rebuilt per density.
@@ -410,6 +407,7 @@ Status run_bench(const BenchOptions& opt) {
                     {"dit_producer_ms", dit_timed ? nlohmann::json(dit.producer) : nlohmann::json()},
                     {"dit_producer_stats_ms",
                      dit_timed ? nlohmann::json(dit.producer_stats) : nlohmann::json()},
+                    {"dit_stats_cost_ms", dit_timed ? nlohmann::json(dit.stats_cost) : nlohmann::json()},
                     {"dit_select_given_ms", dit_timed ? nlohmann::json(dit.select) : nlohmann::json()},
                     {"dit_select_stages_ms", dit_timed ? nlohmann::json(dit.stages) : nlohmann::json()},
                     {"verify", verdict},

@@ -8,8 +8,9 @@
 // 8, 1.5 ms.) Full-row passes give each thread a contiguous run of tiles, so that one scan keeps
 // the lists in ascending tile order.
 //  1. Finish each logit v: raw GEMM score (FP16x3: times the rows' scales) + key bias (log valid /
-//     prefix bias) + the estimator's distance prior; -inf past the head's tiles. Each thread loads
-//     its strided raw scores before using them (one load at a time left this pass latency-bound).
+//     prefix bias) + the estimator's distance prior, for the head's n tiles (past them nothing is
+//     loaded or stored; the debug logits_out gets -inf). Each thread loads its strided raw
+//     scores before using them (one load at a time left this pass latency-bound).
 //     Forced tiles (prefix, self) are kept and are not candidates. A NaN or +inf logit of an
 //     existing pair marks the row bad (count 0, atomicMin of the row into bad_row).
 //  2. take = budget - forced (at most the candidates). A 256-bin histogram over the candidates'
