@@ -347,6 +347,7 @@ struct AttentionPlan {
   int max_tiles = 0, max_k = 0;
   DeviceBuffer tile_valid;
   ProducerTables producer;  // token -> slot maps; which heads get their statistics from the producer
+  GpuTileStatsInput given;  // veda mode: the producer's statistics in ForwardBuffers::tile_stats
   GpuSelector selector;     // veda mode
 };
 
@@ -589,8 +590,12 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   const std::vector<float> rope = rope_table(grid, int(D));
   VEDA_ASSIGN_OR_RETURN(fb->rope, upload_to_device(rope));
   if (veda) {
-    for (DeviceBuffer& b : fb->tile_stats)
-      VEDA_RETURN_IF_ERROR(alloc(b, size_t(batch * H * mask_rows * D) * f4));
+    float* stats[6];
+    for (int i = 0; i < 6; ++i) {
+      VEDA_RETURN_IF_ERROR(alloc(fb->tile_stats[i], size_t(batch * H * mask_rows * D) * f4));
+      stats[i] = fb->tile_stats[i].as<float>();
+    }
+    for (AttentionPlan& plan : fb->plans) plan.given = plan.producer.given(stats);
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
   }
@@ -626,7 +631,7 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   // buffers), and the kernels only need them finite. In veda mode the same pass computes the
   // tile statistics the selector scores from (for the heads of the reference layout).
   float* stats[6];
-  for (int i = 0; i < 6; ++i) stats[i] = fb.tile_stats[i].as<float>();
+  for (int i = 0; i < 6; ++i) stats[i] = fb.tile_stats[i].as<float>();  // null in dense mode
   dit_cuda::TileProducerParams tp{};
   tp.t[0] = {fb.q.data(), fb.q_tiled.data(), blk.attn1.norm_q.as<float>(), true};
   tp.t[1] = {fb.k.data(), fb.k_tiled.data(), blk.attn1.norm_k.as<float>(), true};
@@ -640,10 +645,10 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   VEDA_CUDA_CHECK(dit_cuda::tile_producer(tp, fb.batch, nullptr));
   VEDA_RETURN_IF_ERROR(timer.mark(kSelf));
   if (veda) {
-    const GpuTileStatsInput given = plan.producer.given(stats);
     VEDA_RETURN_IF_ERROR(plan.selector.select_tiled(
         fb.q_tiled.data(), fb.k_tiled.data(), DType::kBF16, int(fb.batch), D,
-        fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr, nullptr, &given));
+        fb.mask_counts.as<int32_t>(), fb.mask_indices.as<int32_t>(), nullptr, nullptr,
+        &plan.given));
   }
   AttentionParams p;
   p.q = fb.q_tiled.data();

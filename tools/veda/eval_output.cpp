@@ -2,7 +2,6 @@
 
 #include <fmt/core.h>
 
-
 #include "command.hpp"
 #include "table.hpp"
 
