@@ -68,13 +68,8 @@ GpuSelectorOptions make_options(GpuScoreMethod method, int heads, float scale,
   o.scale = scale;
   o.precision = precision;
   o.check_numerics = false;
-  if (method == GpuScoreMethod::kEstimator) {
-    EstimatorParams p;  // a non-trivial parameter set: every feature and the prior in use
-    p.key_upper = 0.4, p.key_lower = -0.05, p.query_upper = 0.1, p.prefix_bias = 0.3;
-    for (int axis = 0; axis < 3; ++axis)
-      for (int bin = 1; bin < kDistanceBins; ++bin) p.distance[axis][bin] = -0.1 * bin;
-    o.estimator.assign(size_t(heads), p);
-  }
+  if (method == GpuScoreMethod::kEstimator)
+    o.estimator.assign(size_t(heads), EstimatorParams::every_term(/*query_upper=*/true));
   return o;
 }
 

@@ -42,7 +42,20 @@ struct EstimatorParams {
   static EstimatorParams from_vector(const std::array<double, kNumFree>& v);
   // Every value finite.
   bool is_finite() const;
+  // A parameter set with every statistic term, a prefix bias and a distance prior in use, for
+  // benchmarks: the selection does all the work such a profile asks of it. query_upper doubles
+  // the GPU scoring width (FitOptions::query_upper).
+  static EstimatorParams every_term(bool query_upper);
 };
+
+inline EstimatorParams EstimatorParams::every_term(bool query_upper) {
+  EstimatorParams p;
+  p.key_upper = 0.4, p.key_lower = -0.05, p.query_upper = query_upper ? 0.1 : 0.0;
+  p.prefix_bias = 0.3;
+  for (auto& axis : p.distance)
+    for (int bin = 1; bin < kDistanceBins; ++bin) axis[size_t(bin)] = -0.1 * bin;
+  return p;
+}
 
 // Tile logits [B, H, max_tiles, max_tiles] (f32) from tile statistics with one parameter set per
 // head; -inf where the query or key tile is empty. Errors on size mismatches.
@@ -55,6 +68,9 @@ struct FitOptions {
   double tolerance = 1e-9;          // stop when the Newton decrement falls below this
   double ridge = 1e-5;              // L2 pull of every free parameter toward its default
   int max_query_tiles = 256;        // per head and capture; evenly spaced query tiles beyond this
+  // Fit query_upper too. Off, it stays 0 and the GPU selection scores half as wide a feature row
+  // (no query maxima and minima); on held-out captures it made no difference (README).
+  bool query_upper = false;
 };
 
 // Training rows for one head: one row per query tile, its features against every existing key

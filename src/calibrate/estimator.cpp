@@ -359,6 +359,7 @@ Result<FitReport> fit_estimator(const EstimatorFitData& data, const FitOptions& 
   double weight_sum = 0;
   for (int64_t r = 0; r < data.rows(); ++r) weight_sum += access.row_weight(r);
   const std::array<double, kFree> prior = EstimatorParams{}.to_vector();
+  constexpr int kQueryUpper = 3;  // to_vector's index
   auto objective = [&](const std::array<double, kFree>& theta, bool derivatives) {
     EstimatorFitAccess::Accumulator acc = access.evaluate(theta, derivatives);
     acc.loss /= weight_sum;
@@ -370,11 +371,17 @@ Result<FitReport> fit_estimator(const EstimatorFitData& data, const FitOptions& 
       for (int b = 0; b < kFree; ++b) acc.hess[a * kFree + b] /= weight_sum;
       acc.hess[a * kFree + a] += options.ridge;
     }
+    if (derivatives && !options.query_upper) {  // held at its start: no gradient, no coupling
+      acc.grad[kQueryUpper] = 0;
+      for (int b = 0; b < kFree; ++b) acc.hess[kQueryUpper * kFree + b] = acc.hess[b * kFree + kQueryUpper] = 0;
+      acc.hess[kQueryUpper * kFree + kQueryUpper] = 1;
+    }
     return acc;
   };
 
   FitReport report;
   std::array<double, kFree> theta = start.to_vector();
+  if (!options.query_upper) theta[kQueryUpper] = 0;
   EstimatorFitAccess::Accumulator current = objective(theta, true);
   report.initial_loss = current.loss;
   for (int iter = 0; iter < options.max_iterations; ++iter) {

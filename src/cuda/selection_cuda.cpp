@@ -14,7 +14,7 @@
 // kF32 runs that GEMM in f32. kF16x3 first computes a centre c of each head's k features (a few
 // tiles' mean, centre kernel); the statistics kernel writes each row of Qf and of Kf - c scaled by
 // a power of two and split into fp16 hi + lo, laid out so that one FP16 tensor-core GEMM over
-// 3W sums hi.hi + hi.lo + lo.hi (f32 output, error ~2e-4 |Qf| |Kf - c|). (c shifts each row by a
+// 3W sums lo.hi + hi.lo + hi.hi (f32 output, error ~1e-4 |Qf| |Kf - c| at W = 256). (c shifts each row by a
 // constant, which no ranking sees; it keeps the bound small.) Either way the top-k kernel places
 // what the GEMM's error bound allows and rescores the few boundary tiles it cannot from the f32
 // feature rows (canonical logits, kernels/selection_topk.cuh), so both precisions give one mask.
@@ -24,6 +24,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -62,6 +63,7 @@ struct GpuSelector::Impl {
   bool fp16 = false;     // GpuScorePrecision::kF16x3
 
   DeviceBuffer slot_token, valid, info, key_bias, distance, key_coords, head_weights;
+  std::array<int, 3> prior_extent{};  // with a distance prior: past every head's tile coordinate
 
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;
@@ -329,9 +331,6 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   im.tokens = layouts.tokens();
   im.fp16 = options.precision == GpuScorePrecision::kF16x3;
   const int T = im.max_tiles;
-  if (sel::topk_smem_per_row(T) == 0)
-    return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
-                                   "shared memory", T));
 
   // Per-head budgets and max_k exactly as select_tiles computes them.
   std::vector<sel::HeadSelectInfo> info(heads);
@@ -409,6 +408,7 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
           return unsupported(fmt::format("GpuSelector: {}x{}x{} video tiles; the distance prior "
                                          "takes fewer than 1024x2048x2048", axis[0], axis[1],
                                          axis[2]));
+        for (int a = 0; a < 3; ++a) im.prior_extent[a] = std::max(im.prior_extent[a], axis[a]);
         for (int j = layout.num_prefix_tiles(); j < layout.num_tiles(); ++j) {
           const auto c = layout.tile_coords(j);
           key_coords[size_t(h) * T + j] = uint32_t(c[0]) << 22 | uint32_t(c[1]) << 11 | uint32_t(c[2]);
@@ -418,6 +418,10 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     }
   }
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
+  const int prior_entries = distance.empty() ? 0 : im.prior_extent[0] + im.prior_extent[1] + im.prior_extent[2];
+  if (sel::topk_smem_per_row(T, prior_entries) == 0)
+    return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
+                                   "shared memory", T));
   // B_h of the top-k error bound: the largest |key bias| plus the largest |prior| (each axis' largest
   // |bin|), rounded up past the f32 sum of the three prior terms.
   for (int h = 0; h < heads; ++h) {
@@ -547,7 +551,7 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
     pk.mean = stats[3].as<float>(), pk.max = stats[4].as<float>(), pk.min = stats[5].as<float>();
   }
   if (fp16) {
-    pq.features16 = q_split.data(), pq.lo_slot = 2, pq.row_scale = q_scale.as<float>();
+    pq.features16 = q_split.data(), pq.lo_slot = 0, pq.row_scale = q_scale.as<float>();
     pk.features16 = k_split.data(), pk.lo_slot = 1, pk.row_scale = k_scale.as<float>();
     pq.split_rows = pk.split_rows = gemm_rows(max_tiles, fp16);
     pk.norm_max_centred = k_norm_centred.as<unsigned>();
@@ -574,18 +578,20 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   tp.key_bias = key_bias.as<float>();
   tp.distance = distance.as<float>();
   tp.key_coords = key_coords.as<uint32_t>();
+  for (int a = 0; a < 3; ++a) tp.prior_extent[a] = prior_extent[a];
   tp.force_prefix = config.force_prefix, tp.force_self = config.force_self;
   tp.max_k = max_k;
   tp.counts = counts, tp.indices = indices;
   tp.bad_row = bad_row.as<unsigned long long>();
   tp.q_feat = q_feat.as<float>(), tp.k_feat = k_feat.as<float>();
-  tp.width = width;
+  tp.width = width, tp.head_dim = head_dim;
   tp.q_norm = q_norm.as<float>();
   tp.k_norm = k_norm_max.as<unsigned>();
   tp.k_norm_filter = fp16 ? k_norm_centred.as<unsigned>() : k_norm_max.as<unsigned>();
-  // The GEMM's error coefficient (kernels/selection_topk.cuh derives it): P products a logit,
-  // u = 2^-11 for the fp16 split.
-  const double products = fp16 ? 3.0 * width : double(width), u = std::ldexp(1.0, -11);
+  // The GEMM's error coefficient (kernels/selection_topk.cuh derives it): P additions of the whole
+  // scale a logit (FP16x3: the width's big products come last, 1.2 W bounds them, the reductions
+  // of any K split and the small products), u = 2^-11 for the fp16 split.
+  const double products = fp16 ? 1.2 * width : double(width), u = std::ldexp(1.0, -11);
   tp.err_rel = float(1.001 * (products * std::ldexp(1.0, -22) + (fp16 ? 6 * u * u : 0.0) +
                               std::ldexp(1.0, -20)));
   if (fp16) {

@@ -54,13 +54,16 @@ cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info
   });
 }
 
-size_t topk_smem_per_row(int max_tiles) {  // values f32, two uint16 lists, histogram
-  const size_t bytes = (2 * size_t(max_tiles) + kTopkBins) * sizeof(float);
+size_t topk_smem_per_row(int max_tiles, int prior_entries) {
+  // histogram, values f32, two uint16 lists, the row's prior per axis coordinate
+  const size_t bytes = (2 * size_t(max_tiles) + kTopkBins + size_t(prior_entries)) * sizeof(float);
   return bytes <= kTopkSmemLimit && max_tiles <= 65535 ? bytes : 0;
 }
 
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream) {
-  const size_t smem = topk_smem_per_row(p.max_tiles);
+  const int prior_entries =
+      p.distance ? p.prior_extent[0] + p.prior_extent[1] + p.prior_extent[2] : 0;
+  const size_t smem = topk_smem_per_row(p.max_tiles, prior_entries);
   if (smem == 0) return cudaErrorInvalidValue;
   if (smem > 48 * 1024) {
     const cudaError_t err =

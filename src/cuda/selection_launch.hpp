@@ -43,8 +43,9 @@ struct GatherStatsParams {
   float* norm;                // [B, H, max_tiles]: |feature row| (uncentred), or null
   unsigned* norm_max;         // [B, H]: atomicMax of the bits of |feature row| (preset 0), or null
   // FP16x3 scoring (all null otherwise): split rows x * 2^-a = hi + lo (fp16 each), 3 * width
-  // halves a row: [hi | hi | lo] for q (lo_slot 2), [hi | lo | hi] for k (lo_slot 1), so that one
-  // GEMM over 3 * width sums hi.hi + hi.lo + lo.hi.
+  // halves a row: [lo | hi | hi] for q (lo_slot 0), [hi | lo | hi] for k (lo_slot 1), so that one
+  // GEMM over 3 * width sums lo.hi + hi.lo + hi.hi, the small products first (the error bound in
+  // selection_topk.cuh counts on it).
   const float* center;        // [B, H, width]: subtracted from the features of non-empty tiles
   void* features16;           // [B, H, split_rows, 3 * width] __half
   int64_t split_rows;         // >= max_tiles (the GEMM's padded rows, zero)
@@ -83,6 +84,7 @@ struct TopkParams {
   const float* key_bias;          // [H][T] or null
   const float* distance;          // [H][kDistanceTableSize] or null
   const uint32_t* key_coords;     // [H][T] video tile (t << 22 | h << 11 | w); with distance
+  int prior_extent[3];            // with distance: > every head's video tile coordinate per axis
   bool force_prefix, force_self;
   int max_k;
   int32_t* counts;                // [B, H, T]
@@ -92,7 +94,7 @@ struct TopkParams {
   // the row norms and the error-bound coefficient.
   const float* q_feat;            // [B, H, T, width] f32
   const float* k_feat;            // [B, H, T, width] f32, uncentred
-  int width;
+  int width, head_dim;            // width: head_dim (kQMean, kKMean), 2 or 4 head_dim
   const float* q_norm;            // [B, H, T] |q feature row|
   const unsigned* k_norm;         // [B, H] float bits: largest |k feature row|, uncentred
   const unsigned* k_norm_filter;  // [B, H]: the same for the rows the GEMM saw (centred: FP16x3)
@@ -109,8 +111,9 @@ cudaError_t launch_gather_stats(const GatherStatsLaunch& launch, Elem elem, int 
 // center[b, h] = mean k features of a few evenly spaced tiles of head h (p: the k tensor).
 cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info, float* center,
                           Elem elem, int batch, cudaStream_t stream);
-// Shared memory the top-k kernel needs per row (one CTA a row); 0 if max_tiles is too large.
-size_t topk_smem_per_row(int max_tiles);
+// Shared memory the top-k kernel needs per row (one CTA a row); 0 if it is too large.
+// prior_entries: the sum of TopkParams::prior_extent (0 without a distance prior).
+size_t topk_smem_per_row(int max_tiles, int prior_entries);
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream);
 
 }  // namespace veda::cuda::sel

@@ -46,7 +46,9 @@ TEST(EstimatorTest, ParamsVectorRoundTrips) {
   EXPECT_EQ(EstimatorParams::from_vector(v).to_vector(), v);
 }
 
-TEST(EstimatorTest, FitRecoversKnownParameters) {
+// Logits from known parameters (query_upper 0 unless fitted), softmax, fit: the parameters come
+// back; an unfitted query_upper stays exactly 0.
+void check_fit_recovers_parameters(bool fit_query_upper) {
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   // Ragged grid and a ragged prefix tile so every parameter (log_valid, prefix_bias) is exercised.
@@ -70,7 +72,7 @@ TEST(EstimatorTest, FitRecoversKnownParameters) {
   for (int h = 0; h < heads; ++h) {
     EstimatorParams& p = truth[h];
     p.pooled = 1 + 0.5 * uniform(rng), p.key_upper = 0.5 * uniform(rng);
-    p.key_lower = 0.5 * uniform(rng), p.query_upper = 0.5 * uniform(rng);
+    p.key_lower = 0.5 * uniform(rng), p.query_upper = fit_query_upper ? 0.5 * uniform(rng) : 0.0;
     p.log_valid = 1 + 0.3 * uniform(rng), p.prefix_bias = uniform(rng);
     // Only bins that occur on this layout are identifiable; the rest stay 0 (the ridge's pull).
     auto tiles = layouts->head(h).tiles_per_axis();
@@ -87,6 +89,7 @@ TEST(EstimatorTest, FitRecoversKnownParameters) {
   options.ridge = 1e-10;
   options.tolerance = 1e-14;
   options.max_iterations = 100;
+  options.query_upper = fit_query_upper;
   for (int h = 0; h < heads; ++h) {
     EstimatorFitData data;
     ASSERT_TRUE(data.add_head(*q_stats, *k_stats, mass, *layouts, 0, h, scale, options).is_ok());
@@ -97,8 +100,13 @@ TEST(EstimatorTest, FitRecoversKnownParameters) {
     EXPECT_LT(fit->final_loss, 1e-8);
     auto got = fit->params.to_vector(), want = truth[h].to_vector();
     for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-3) << "head " << h << " parameter " << i;
+    if (!fit_query_upper) EXPECT_EQ(fit->params.query_upper, 0.0) << "head " << h;
   }
 }
+
+TEST(EstimatorTest, FitRecoversKnownParameters) { check_fit_recovers_parameters(true); }
+
+TEST(EstimatorTest, FitWithoutQueryUpperKeepsItAtZero) { check_fit_recovers_parameters(false); }
 
 TEST(EstimatorTest, FitLowersKlOnProceduralAttention) {
   ProceduralSpec spec;

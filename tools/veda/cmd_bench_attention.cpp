@@ -1,7 +1,7 @@
 // veda bench attention: times the CUDA tile-skipping attention (dense = every tile selected) on
 // random inputs drawn on the device, with random masks or masks from the selection path; median
 // of many runs timed with CUDA events after a warm-up; optional check against the CPU references.
-// Beside each sparse row, the GPU tile selection at that density (stats scoring, default
+// Beside each sparse row, the GPU tile selection at that density (--select-method, default
 // precision) and its share of the attention time, two ways: standalone (select_tiled on the
 // problem's tile-order q and k: statistics, scoring, top-k) and as the DiT pays it (bf16 only):
 // its q/k producer (RMSNorm + RoPE into tile order) timed with and without the tile statistics
@@ -43,6 +43,7 @@ struct BenchOptions {
   std::string densities = "1.0,0.10,0.05,0.03";
   std::string dtype = "bf16";
   std::string mask = "random";  // random | select
+  std::string select_method = "veda";  // veda | veda-query-upper | stats
   int warmup = 5, runs = 30;
   bool verify = false;
   bool json = false;
@@ -74,15 +75,27 @@ Result<TileMask> selected_mask(const cuda_check::DeviceProblem& pr, const HeadLa
   return select_tiles(logits, layouts, config);
 }
 
+// The selection columns' selector: `veda`, the distilled estimator with every term `veda
+// calibrate` fits by default (as the CUDA DiT runs such a profile), `veda-query-upper` with the
+// query_upper term too (`calibrate --query-upper`: twice the scoring width), or `stats`, the
+// uncalibrated scoring (the DiT's veda mode without a profile).
+GpuSelectorOptions bench_selector_options(const std::string& method, int heads, float scale) {
+  GpuSelectorOptions so;
+  so.scale = scale;
+  so.check_numerics = false;
+  if (method != "stats") {
+    so.method = GpuScoreMethod::kEstimator;
+    so.estimator.assign(size_t(heads), EstimatorParams::every_term(method == "veda-query-upper"));
+  }
+  return so;
+}
+
 // Median milliseconds of GpuSelector::select_tiled on the problem's q and k (tile order) at
 // `density`: the sum of its stage events (statistics, scoring, top-k).
 Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,
-                            double density, int warmup, int runs) {
+                            const GpuSelectorOptions& so, double density, int warmup, int runs) {
   SelectionConfig config;
   config.density = density;
-  GpuSelectorOptions so;
-  so.scale = pr.scale;
-  so.check_numerics = false;
   VEDA_ASSIGN_OR_RETURN(GpuSelector selector, GpuSelector::make(layouts, config, so));
   const size_t rows = size_t(pr.batch) * pr.heads * layouts.max_tiles();
   VEDA_ASSIGN_OR_RETURN(DeviceBuffer counts, DeviceBuffer::allocate(rows * 4));
@@ -163,13 +176,10 @@ struct DitSelectionTimes {
 };
 
 Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_dim,
-                                           const HeadLayouts& layouts, double density,
-                                           float scale, int warmup, int runs) {
+                                           const HeadLayouts& layouts, const GpuSelectorOptions& so,
+                                           double density, int warmup, int runs) {
   SelectionConfig config;
   config.density = density;
-  GpuSelectorOptions so;
-  so.scale = scale;
-  so.check_numerics = false;
   VEDA_ASSIGN_OR_RETURN(GpuSelector selector, GpuSelector::make(layouts, config, so));
   const size_t rows = size_t(batch) * layouts.heads() * layouts.max_tiles();
   VEDA_ASSIGN_OR_RETURN(DeviceBuffer counts, DeviceBuffer::allocate(rows * 4));
@@ -267,6 +277,9 @@ Status run_bench(const BenchOptions& opt) {
   VEDA_ASSIGN_OR_RETURN(auto densities, parse_densities(o.densities));
   if (o.mask != "random" && o.mask != "select")
     return invalid_argument("--mask must be random or select");
+  if (o.select_method != "veda" && o.select_method != "veda-query-upper" &&
+      o.select_method != "stats")
+    return invalid_argument("--select-method must be veda, veda-query-upper or stats");
   if (o.runs < 1 || o.warmup < 0) return invalid_argument("--runs must be >= 1, --warmup >= 0");
   VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));
   VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
@@ -278,6 +291,8 @@ Status run_bench(const BenchOptions& opt) {
                "DiT select ms", "DiT select %", "verify"},
               {}};
   std::unique_ptr<DitProducer> producer;  // made at the first sparse density (bf16 only)
+  const GpuSelectorOptions select_options =
+      bench_selector_options(o.select_method, o.heads, base.scale);
   nlohmann::json rows = nlohmann::json::array();
   for (double density : densities) {
     TileMask mask;
@@ -341,7 +356,7 @@ Status run_bench(const BenchOptions& opt) {
     }
     double select = -1;  // dense, or not timed
     if (!dense) {
-      auto timed = selection_ms(pr, layouts, density, o.warmup, o.runs);
+      auto timed = selection_ms(pr, layouts, select_options, density, o.warmup, o.runs);
       if (timed.is_ok()) {
         select = *timed;
       } else {
@@ -361,8 +376,8 @@ Status run_bench(const BenchOptions& opt) {
         }
       }
       if (st.is_ok()) {
-        auto timed = dit_selection_ms(*producer, o.batch, o.head_dim, layouts, density, pr.scale,
-                                      o.warmup, o.runs);
+        auto timed = dit_selection_ms(*producer, o.batch, o.head_dim, layouts, select_options,
+                                      density, o.warmup, o.runs);
         if (timed.is_ok()) {
           dit = *timed, dit_timed = true;
         } else {
@@ -402,6 +417,7 @@ Status run_bench(const BenchOptions& opt) {
                     {"flops_dense", flops.dense},
                     {"tflops_actual", tf_actual},
                     {"tflops_dense_equiv", tf_dense},
+                    {"select_method", o.select_method},
                     {"select_ms", select < 0 ? nlohmann::json() : nlohmann::json(select)},
                     {"dit_select_ms", dit_timed ? nlohmann::json(dit.total()) : nlohmann::json()},
                     {"dit_producer_ms", dit_timed ? nlohmann::json(dit.producer) : nlohmann::json()},
@@ -444,6 +460,11 @@ RunFn setup_bench_attention(CLI::App& sub) {
   sub.add_option("--dtype", opt->dtype, "bf16 or f16")->capture_default_str();
   sub.add_option("--mask", opt->mask,
                  "random, or select (select_tiles on mean-pooled scores of q, k)")
+      ->capture_default_str();
+  sub.add_option("--select-method", opt->select_method,
+                 "scoring of the selection columns: veda (the distilled estimator, every term "
+                 "veda calibrate fits by default), veda-query-upper (and calibrate --query-upper's "
+                 "term) or stats (uncalibrated)")
       ->capture_default_str();
   sub.add_option("--warmup", opt->warmup, "untimed runs")->capture_default_str();
   sub.add_option("--runs", opt->runs, "timed runs (median reported)")->capture_default_str();

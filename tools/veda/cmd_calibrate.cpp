@@ -22,6 +22,7 @@ struct CalibrateOptions {
   std::string mode = "topk";
   std::string region = "all";
   int max_query_tiles = 256;
+  bool query_upper = false;
   bool no_fit = false, no_shapes = false, no_split = false;
 };
 
@@ -75,6 +76,9 @@ RunFn setup_calibrate(CLI::App& sub) {
                  "query tiles per head and capture used by the estimator fit")
       ->capture_default_str();
   sub.add_flag("--no-fit", opt->no_fit, "keep mean pooling instead of fitting the estimator");
+  sub.add_flag("--query-upper", opt->query_upper,
+               "also fit the query_upper term (query maxima and minima): doubles the GPU "
+               "selection's scoring width");
   sub.add_flag("--no-shapes", opt->no_shapes, "use 4x4x4 for every head");
   sub.add_flag("--no-split", opt->no_split, "give every head the same density");
   return [opt]() -> Status {
@@ -86,6 +90,7 @@ RunFn setup_calibrate(CLI::App& sub) {
     VEDA_ASSIGN_OR_RETURN(config.mode, parse_select_mode(opt->mode));
     VEDA_ASSIGN_OR_RETURN(config.query_region, parse_query_region(opt->region));
     config.fit.max_query_tiles = opt->max_query_tiles;
+    config.fit.query_upper = opt->query_upper;
     config.fit_estimator = !opt->no_fit;
     config.choose_shapes = !opt->no_shapes;
     config.split_budget = !opt->no_split;

@@ -116,8 +116,13 @@ __device__ __forceinline__ void finish_stats(int valid, const float* sum, float*
   }
 }
 
+// Whether the features of `kind` read the tile maxima and minima.
+__device__ __forceinline__ bool uses_extrema(FeatureKind kind) {
+  return kind == FeatureKind::kQSplit4 || kind == FeatureKind::kKBlend || kind == FeatureKind::kKBlend4;
+}
+
 // The statistics of this thread's channels: given by a producer for head h (a load; zeros for an
-// empty tile), or walked from x (sum / max / min, then finish_stats; `live` false: a thread past
+// empty tile; max / min only where kept or used), or walked from x (sum / max / min, then finish_stats; `live` false: a thread past
 // the last tile, valid 0). `sum`, `hi`, `lo` preset.
 template <class T>
 __device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t bh, int h, int tile,
@@ -126,11 +131,12 @@ __device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t b
   constexpr int E = ChunkOps<T>::kElems;
   if (p.given_heads && p.given_heads[h]) {
     const int64_t at = (bh * p.max_tiles + tile) * p.head_dim + chunk * E;
+    const bool extrema = valid > 0 && (p.mean != nullptr || uses_extrema(p.feature));
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       mean[e] = valid > 0 ? p.given_mean[at + e] : 0.f;
-      hi[e] = valid > 0 ? p.given_max[at + e] : 0.f;
-      lo[e] = valid > 0 ? p.given_min[at + e] : 0.f;
+      hi[e] = extrema ? p.given_max[at + e] : 0.f;
+      lo[e] = extrema ? p.given_min[at + e] : 0.f;
     }
     return;
   }
@@ -280,14 +286,14 @@ __global__ void __launch_bounds__(kStatsThreads)
       part_hi[e] = __half2float(__float2half_rn(x));
       part_lo[e] = x - part_hi[e];  // exact in f32; rounded to fp16 by the store
     }
-    __half* at16 = dst + k * D;  // slot 0 holds hi in both layouts
-    store_f16<E>(at16, part_hi);
+    __half* at16 = dst + k * D;  // slot 2 holds hi in both layouts
+    store_f16<E>(at16 + 2 * p.width, part_hi);
     if (p.lo_slot == 1) {  // branches, not a pointer select: the parts stay in registers
+      store_f16<E>(at16, part_hi);
       store_f16<E>(at16 + p.width, part_lo);
-      store_f16<E>(at16 + 2 * p.width, part_hi);
     } else {
+      store_f16<E>(at16, part_lo);
       store_f16<E>(at16 + p.width, part_hi);
-      store_f16<E>(at16 + 2 * p.width, part_lo);
     }
   }
 }

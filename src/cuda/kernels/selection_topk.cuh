@@ -25,8 +25,8 @@
 //     order key by a bitwise search, ties to the lower index.
 //  4. The listed forced, A and chosen tiles are written in ascending order; unused entries -1.
 // Canonical logit r_j: the f32 feature rows' dot product q_i . k_j (uncentred) summed in double in
-// a fixed order (lane l takes columns 4l + 128t in order, then a shuffle tree), plus the biases,
-// rounded once to f32. It depends on (i, j) alone -- not on the precision, nor on which tiles a
+// a fixed order (its nonzero products only, below; lane l takes channels 4l + 128t in order, then
+// a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the precision, nor on which tiles a
 // row rescores -- so both precisions choose the top-take tiles by r, ties to the lower index.
 // Why e suffices: |v_j - r_j - s| <= e with s a per-row constant (q_i . c, the FP16x3 centring; 0
 // for f32). If v_j - 2e > tau, every m with r_m >= r_j has v_m > tau, and fewer than take tiles
@@ -35,20 +35,27 @@
 // rows the GEMM saw (centred for FP16x3), K_u the largest uncentred one and B_h >= |key bias| +
 // |prior| (host),
 //   e = err_rel |q| K_f + 2^-20 (|q| (K_f + K_u) + B_h) + 2^-100,
-//   err_rel = 1.001 (P 2^-22 + 6u^2 + 2^-20),  P = W products (f32) or 3W (FP16x3), u = 2^-11:
+//   err_rel = 1.001 (P 2^-22 + 6u^2 + 2^-20),  P = W (f32) or 1.2 W (FP16x3), u = 2^-11:
 //  - P 2^-22: the GEMM's f32 accumulation even if every partial sum loses two units of 2^-23 of
 //    the running sum of |products| (alignment truncation and normalisation, as in the block-FMA
 //    models of tensor cores; IEEE f32 with rounding needs a quarter of it); Cauchy-Schwarz bounds
-//    that sum by |q| |k|.
+//    that sum by |q| |k|. f32: W partial sums. FP16x3 sums its 3W products in the order
+//    lo.hi, hi.lo (each below 2^-11 |q| |k| in total), then hi.hi: a partial sum carries the
+//    whole scale only once the hi.hi products start, so W of them do, plus the additions that
+//    join the partial sums of a K split (contiguous or strided slices, each summed in K order:
+//    at most one per 16 columns, 3W / 16), each also carrying the small products' 2^-10, and the
+//    2W small partial sums before them: W (1 + 3/16) (1 + 2^-10) + 2W 2^-10 < 1.2 W. (Summed in
+//    the other order, 3W partial sums would carry the whole scale.)
 //  - FP16x3 (the 6u^2 and 2^-20 inside err_rel): a row x scaled by 2^-a into [2^14, 2^15) is
-//    hi + lo + d, |d| <= u^2 |x| + 2^-25 (fp16 subnormals); the GEMM sums hi.hi + hi.lo + lo.hi,
+//    hi + lo + d, |d| <= u^2 |x| + 2^-25 (fp16 subnormals); the GEMM sums lo.hi + hi.lo + hi.hi,
 //    so the dropped lo.lo and the residues cost 6u^2 |q| |k|. 1.001 covers the f32 norms.
 //  - the 2^-20 term: the f32 additions of the biases to v (2^-23 (|q| K_f + B_h)), the centring's
 //    rounding (2^-24 |q| K_f), the canonical logit's double sum and its rounding to f32
 //    (2^-24 (|q| K_u + B_h)), and the f32 rounding of v -+ 2e in the comparisons.
 // On structured inputs a few tiles a row fall within 2e of tau.
 // Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
-// Shared memory per row: histogram [256] int32, values [T] f32, two lists [T] uint16.
+// Shared memory per row: histogram [256] int32, values [T] f32, two lists [T] uint16, the row's
+// distance prior per key tile coordinate (three axes).
 // Sync: __syncthreads between the phases; the two k-th-value searches and the tie walk run in
 // warp 0 (their lists are short).
 #pragma once
@@ -96,12 +103,35 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float4 ld4(const float* x) {
+  return __ldg(reinterpret_cast<const float4*>(x));
+}
+// x != 0 ? a : b, per component.
+__device__ __forceinline__ float4 pick_nonzero(float4 x, float4 a, float4 b) {
+  return make_float4(x.x != 0.f ? a.x : b.x, x.y != 0.f ? a.y : b.y, x.z != 0.f ? a.z : b.z,
+                     x.w != 0.f ? a.w : b.w);
+}
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ double dot4(float4 a, float4 b, double acc) {
+  acc = fma(double(a.x), double(b.x), acc);
+  acc = fma(double(a.y), double(b.y), acc);
+  acc = fma(double(a.z), double(b.z), acc);
+  return fma(double(a.w), double(b.w), acc);
+}
+
 // Canonical logits (above) r_j for j = list[m], m < count, into s_v[j]; finish adds the biases.
-// The CTA's warps take groups of kRescoreTiles in turn.
+// The CTA's warps take groups of kRescoreTiles in turn. The feature planes (head_dim D wide) come
+// as selection_cuda.cpp pairs them: one plane, q [s mean] . k [mean]; two, q [s mean+, s mean-]
+// . k [a, b], where every channel d has one of mean+_d, mean-_d zero, so its two products are one,
+// (q0 + q1)_d (q0_d != 0 ? a_d : b_d); four, the same and then q [s max, s min] . k [QU mean+,
+// QU mean-], where k's pair has a zero in every channel. Only those nonzero products are summed
+// (the zeros change no sum): a half of the work, for the same value.
 template <class Finish>
 __device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* list, int count,
                         float* s_v, const Finish& finish, int warp, int lane) {
-  const int w = p.width;
+  const int w = p.width, D = p.head_dim, planes = w / D;
   const float* q = p.q_feat + (bh * p.max_tiles + i) * w;
   const float* k = p.k_feat + bh * p.max_tiles * w;
   for (int m0 = warp * kRescoreTiles; m0 < count; m0 += kTopkWarps * kRescoreTiles) {
@@ -109,15 +139,24 @@ __device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* 
     double acc[kRescoreTiles];
 #pragma unroll
     for (int g = 0; g < kRescoreTiles; ++g) j[g] = list[min(m0 + g, count - 1)], acc[g] = 0.0;
-    for (int c = 4 * lane; c < w; c += 128) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(q + c));
+    for (int d = 4 * lane; d < D; d += 128) {
+      const float4 q0 = ld4(q + d);
+      if (planes == 1) {
+#pragma unroll
+        for (int g = 0; g < kRescoreTiles; ++g) acc[g] = dot4(q0, ld4(k + int64_t(j[g]) * w + d), acc[g]);
+        continue;
+      }
+      const float4 q1 = ld4(q + D + d), qa = add4(q0, q1);
+      float4 q2, q3;
+      if (planes == 4) q2 = ld4(q + 2 * D + d), q3 = ld4(q + 3 * D + d);
 #pragma unroll
       for (int g = 0; g < kRescoreTiles; ++g) {
-        const float4 b = __ldg(reinterpret_cast<const float4*>(k + int64_t(j[g]) * w + c));
-        acc[g] = fma(double(a.x), double(b.x), acc[g]);
-        acc[g] = fma(double(a.y), double(b.y), acc[g]);
-        acc[g] = fma(double(a.z), double(b.z), acc[g]);
-        acc[g] = fma(double(a.w), double(b.w), acc[g]);
+        const float* kj = k + int64_t(j[g]) * w + d;
+        acc[g] = dot4(qa, pick_nonzero(q0, ld4(kj), ld4(kj + D)), acc[g]);
+        if (planes == 4) {
+          const float4 k2 = ld4(kj + 2 * D);
+          acc[g] = dot4(pick_nonzero(k2, q2, q3), add4(k2, ld4(kj + 3 * D)), acc[g]);
+        }
       }
     }
 #pragma unroll
@@ -266,23 +305,24 @@ __device__ __forceinline__ void with_flag(bool flag, const K& k) {
 
 __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(const __grid_constant__ TopkParams p) {
   extern __shared__ float s_row[];
-  __shared__ float s_dist[kDistanceTableSize];
   __shared__ unsigned s_scan[kTopkWarps];   // block_scan's per-warp sums
   __shared__ float s_red_f[2][kTopkWarps];  // per-warp max / min
   __shared__ int s_red_i[2][kTopkWarps];    // per-warp candidates / bad, later A counts
   __shared__ uint32_t s_bcast[3];           // warp 0 -> CTA: B / above, a k-th key, row const
   const int h = blockIdx.y, i = blockIdx.x;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  if (p.distance && tid < kDistanceTableSize)
-    s_dist[tid] = p.distance[h * kDistanceTableSize + tid];
 
   const int T = p.max_tiles;
   // The row: histogram [256] i32 (first: a bin's address is one LEA), values [T] f32 (j < n
-  // only: no pass reads past n), list [T] u16, second list [T] u16.
+  // only: no pass reads past n), list [T] u16, second list [T] u16, then the row's distance
+  // prior by key tile coordinate, per axis (prior_extent[0] + [1] + [2]).
   int* s_hist = reinterpret_cast<int*>(s_row);
   float* s_v = s_row + kTopkBins;
   uint16_t* s_list = reinterpret_cast<uint16_t*>(s_v + T);
   uint16_t* s_sub = s_list + T;
+  float* s_prior_t = s_v + 2 * T;
+  float* s_prior_h = s_prior_t + p.prior_extent[0];
+  float* s_prior_w = s_prior_h + p.prior_extent[1];
 
   const int64_t bh = int64_t(blockIdx.z) * p.heads + h;
   const int64_t row = bh * T + i;
@@ -305,11 +345,18 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   const bool prior = p.distance != nullptr && i >= np;
   const float* bias_h = p.key_bias ? p.key_bias + int64_t(h) * T : nullptr;
   const uint32_t* coords_h = p.key_coords + int64_t(h) * T;
-  const uint32_t qc = prior ? coords_h[i] : 0u;
+  if (prior) {  // this row's prior term per key tile coordinate, each axis
+    const uint32_t qc = coords_h[i];
+    const float* dist = p.distance + h * kDistanceTableSize;
+    // (The three tables are one array: entry x of axis a at x + the extents before a.)
+    for (int a = 0, at = 0; a < 3; at += p.prior_extent[a], ++a) {
+      const int q_axis = int((qc >> (22 - 11 * a)) & 2047u);
+      for (int x = tid; x < p.prior_extent[a]; x += kTopkThreads)
+        s_prior_t[at + x] = __ldg(dist + 11 * a + distance_bin_dev(q_axis - x));
+    }
+  }
   auto prior_of = [&](uint32_t kc) {  // the estimator's distance prior of key tile coordinates kc
-    return s_dist[distance_bin_dev(int(qc >> 22) - int(kc >> 22))] +
-           s_dist[11 + distance_bin_dev(int((qc >> 11) & 2047u) - int((kc >> 11) & 2047u))] +
-           s_dist[22 + distance_bin_dev(int(qc & 2047u) - int(kc & 2047u))];
+    return s_prior_t[kc >> 22] + s_prior_h[(kc >> 11) & 2047u] + s_prior_w[kc & 2047u];
   };
   // v (f32 logit, or double for the canonical one) + key bias + distance prior, in one order.
   auto finish = [&](auto v, int j) {
@@ -332,7 +379,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     }
     if (lane == 0) s_bcast[2] = __float_as_uint(row_const);
   }
-  __syncthreads();  // s_dist, s_bcast
+  __syncthreads();  // the prior tables, s_bcast
   const float row_const = __uint_as_float(s_bcast[2]);
 
   // 1. Finish the row (as `finish`), instantiated per (FP16x3, prior, key bias) so that the loop
