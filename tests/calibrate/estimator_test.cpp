@@ -100,7 +100,9 @@ void check_fit_recovers_parameters(bool fit_query_upper) {
     EXPECT_LT(fit->final_loss, 1e-8);
     auto got = fit->params.to_vector(), want = truth[h].to_vector();
     for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-3) << "head " << h << " parameter " << i;
-    if (!fit_query_upper) EXPECT_EQ(fit->params.query_upper, 0.0) << "head " << h;
+    if (!fit_query_upper) {
+      EXPECT_EQ(fit->params.query_upper, 0.0) << "head " << h;
+    }
   }
 }
 
