@@ -373,7 +373,8 @@ Result<FitReport> fit_estimator(const EstimatorFitData& data, const FitOptions& 
     }
     if (derivatives && !options.query_upper) {  // held at its start: no gradient, no coupling
       acc.grad[kQueryUpper] = 0;
-      for (int b = 0; b < kFree; ++b) acc.hess[kQueryUpper * kFree + b] = acc.hess[b * kFree + kQueryUpper] = 0;
+      for (int b = 0; b < kFree; ++b)
+        acc.hess[kQueryUpper * kFree + b] = acc.hess[b * kFree + kQueryUpper] = 0;
       acc.hess[kQueryUpper * kFree + kQueryUpper] = 1;
     }
     return acc;

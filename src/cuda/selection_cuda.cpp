@@ -14,10 +14,11 @@
 // kF32 runs that GEMM in f32. kF16x3 first computes a centre c of each head's k features (a few
 // tiles' mean, centre kernel); the statistics kernel writes each row of Qf and of Kf - c scaled by
 // a power of two and split into fp16 hi + lo, laid out so that one FP16 tensor-core GEMM over
-// 3W sums lo.hi + hi.lo + hi.hi (f32 output, error ~1e-4 |Qf| |Kf - c| at W = 256). (c shifts each row by a
-// constant, which no ranking sees; it keeps the bound small.) Either way the top-k kernel places
-// what the GEMM's error bound allows and rescores the few boundary tiles it cannot from the f32
-// feature rows (canonical logits, kernels/selection_topk.cuh), so both precisions give one mask.
+// 3W sums lo.hi + hi.lo + hi.hi (f32 output, error ~1e-4 |Qf| |Kf - c| at W = 256). (c shifts each
+// row by a constant, which no ranking sees; it keeps the bound small.) Either way the top-k kernel
+// places what the GEMM's error bound allows and rescores the few boundary tiles it cannot from the
+// f32 feature rows (canonical logits, kernels/selection_topk.cuh), so both precisions give one
+// mask.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -418,7 +419,8 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     }
   }
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
-  const int prior_entries = distance.empty() ? 0 : im.prior_extent[0] + im.prior_extent[1] + im.prior_extent[2];
+  const int prior_entries =
+      distance.empty() ? 0 : im.prior_extent[0] + im.prior_extent[1] + im.prior_extent[2];
   if (sel::topk_smem_per_row(T, prior_entries) == 0)
     return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
                                    "shared memory", T));

@@ -118,12 +118,13 @@ __device__ __forceinline__ void finish_stats(int valid, const float* sum, float*
 
 // Whether the features of `kind` read the tile maxima and minima.
 __device__ __forceinline__ bool uses_extrema(FeatureKind kind) {
-  return kind == FeatureKind::kQSplit4 || kind == FeatureKind::kKBlend || kind == FeatureKind::kKBlend4;
+  return kind == FeatureKind::kQSplit4 || kind == FeatureKind::kKBlend ||
+         kind == FeatureKind::kKBlend4;
 }
 
 // The statistics of this thread's channels: given by a producer for head h (a load; zeros for an
-// empty tile; max / min only where kept or used), or walked from x (sum / max / min, then finish_stats; `live` false: a thread past
-// the last tile, valid 0). `sum`, `hi`, `lo` preset.
+// empty tile; max / min only where kept or used), or walked from x (sum / max / min, then
+// finish_stats; `live` false: a thread past the last tile, valid 0). `sum`, `hi`, `lo` preset.
 template <class T>
 __device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t bh, int h, int tile,
                                            int chunk, int valid, bool live, float* sum, float* mean,

@@ -26,8 +26,9 @@
 //  4. The listed forced, A and chosen tiles are written in ascending order; unused entries -1.
 // Canonical logit r_j: the f32 feature rows' dot product q_i . k_j (uncentred) summed in double in
 // a fixed order (its nonzero products only, below; lane l takes channels 4l + 128t in order, then
-// a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the precision, nor on which tiles a
-// row rescores -- so both precisions choose the top-take tiles by r, ties to the lower index.
+// a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the
+// precision, nor on which tiles a row rescores -- so both precisions choose the top-take tiles by
+// r, ties to the lower index.
 // Why e suffices: |v_j - r_j - s| <= e with s a per-row constant (q_i . c, the FP16x3 centring; 0
 // for f32). If v_j - 2e > tau, every m with r_m >= r_j has v_m > tau, and fewer than take tiles
 // do, so j is in; if v_j + 2e < tau, r_j - s < tau - e <= r_m - s for the take tiles m with
@@ -143,7 +144,8 @@ __device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* 
       const float4 q0 = ld4(q + d);
       if (planes == 1) {
 #pragma unroll
-        for (int g = 0; g < kRescoreTiles; ++g) acc[g] = dot4(q0, ld4(k + int64_t(j[g]) * w + d), acc[g]);
+        for (int g = 0; g < kRescoreTiles; ++g)
+          acc[g] = dot4(q0, ld4(k + int64_t(j[g]) * w + d), acc[g]);
         continue;
       }
       const float4 q1 = ld4(q + D + d), qa = add4(q0, q1);
