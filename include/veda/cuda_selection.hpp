@@ -94,7 +94,8 @@ struct GpuSelectStageTimes {
 // the slots in order from 0, mean = sum * (1 / valid), max / min from -inf / +inf; the values of
 // compute_tile_stats but for the sign of a zero mean and NaN in max / min). Heads with
 // heads[h] == 0 are computed from the tile-order inputs as usual; the given heads' tile-order
-// rows are not read.
+// rows are not read. q_max and q_min may be null when the selector's reads_query_extrema() is
+// false (a producer then need not compute them).
 struct GpuTileStatsInput {
   const float* q_mean = nullptr;
   const float* q_max = nullptr;
@@ -123,6 +124,9 @@ class GpuSelector {
   int max_k() const;
   int max_tiles() const;
   int heads() const;
+  // Whether select_tiled reads given query maxima and minima (GpuTileStatsInput): the estimator
+  // with a query_upper term, or keep_stats.
+  bool reads_query_extrema() const;
 
   // q, k: [batch, heads, tokens, head_dim] contiguous in token order (dtype f16, bf16 or f32;
   // rows of 16 bytes times a power of two, at most 512 bytes, 16-byte aligned).

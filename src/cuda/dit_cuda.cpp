@@ -349,6 +349,7 @@ struct AttentionPlan {
   ProducerTables producer;  // token -> slot maps; which heads get their statistics from the producer
   GpuTileStatsInput given;  // veda mode: the producer's statistics in ForwardBuffers::tile_stats
   GpuSelector selector;     // veda mode
+  bool query_extrema = false;  // veda mode: the selector reads the query maxima and minima
 };
 
 // Device buffers for one (batch, grid, text length, tile shape, attention mode, profile).
@@ -373,7 +374,9 @@ struct ForwardBuffers {
   DeviceBuffer rope, mask_counts, mask_indices;
   DeviceBuffer cross_valid, cross_counts, cross_indices;
   DeviceBuffer capture;  // q, k, v head-major bf16 of a captured layer (allocated on first use)
-  DeviceBuffer tile_stats[6];  // veda mode: q mean/max/min, k mean/max/min [B, H, tiles, D] f32
+  // veda mode: q mean/max/min, k mean/max/min [B, H, tiles, D] f32 (q max / min only if a plan
+  // reads them)
+  DeviceBuffer tile_stats[6];
   int cross_tiles = 0, cross_k_tiles = 0;
   std::vector<AttentionPlan> plans;
   std::vector<int> layer_plan;  // [layer] -> index into plans
@@ -590,12 +593,19 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   const std::vector<float> rope = rope_table(grid, int(D));
   VEDA_ASSIGN_OR_RETURN(fb->rope, upload_to_device(rope));
   if (veda) {
+    bool query_extrema = false;
+    for (AttentionPlan& plan : fb->plans) {
+      plan.query_extrema = plan.selector.reads_query_extrema();
+      query_extrema |= plan.query_extrema;
+    }
     float* stats[6];
     for (int i = 0; i < 6; ++i) {
-      VEDA_RETURN_IF_ERROR(alloc(fb->tile_stats[i], size_t(batch * H * mask_rows * D) * f4));
+      if (i == 0 || i >= 3 || query_extrema)
+        VEDA_RETURN_IF_ERROR(alloc(fb->tile_stats[i], size_t(batch * H * mask_rows * D) * f4));
       stats[i] = fb->tile_stats[i].as<float>();
     }
-    for (AttentionPlan& plan : fb->plans) plan.given = plan.producer.given(stats);
+    for (AttentionPlan& plan : fb->plans)
+      plan.given = plan.producer.given(stats, plan.query_extrema);
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
   }
@@ -638,7 +648,7 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   tp.t[2] = {fb.v.data(), fb.v_tiled.data(), nullptr, false};
   tp.tensors = 3;
   plan.producer.set_layout(tp);
-  ProducerTables::set_statistics(tp, veda ? stats : nullptr);
+  ProducerTables::set_statistics(tp, veda ? stats : nullptr, plan.query_extrema);
   tp.head_dim = D, tp.eps = c.eps;
   tp.rope = reinterpret_cast<const float2*>(fb.rope.as<float>());
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));

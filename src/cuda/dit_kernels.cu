@@ -48,9 +48,9 @@ cudaError_t tile_producer(const TileProducerParams& p, int64_t batch, cudaStream
     return cudaErrorInvalidValue;
   for (int i = 0; i < p.tensors; ++i) {
     const TileProducerTensor& t = p.t[i];
-    const bool stats = t.mean || t.max || t.min;
-    if (!t.x || !t.dst || (t.rope && !p.rope) ||
-        (stats && (!t.mean || !t.max || !t.min || !p.stat_heads || p.stat_tiles < p.tiles)))
+    const bool stats = t.mean || t.max || t.min;  // max and min: both or neither, with a mean
+    if (!t.x || !t.dst || (t.rope && !p.rope) || (!t.max != !t.min) ||
+        (stats && (!t.mean || !p.stat_heads || p.stat_tiles < p.tiles)))
       return cudaErrorInvalidValue;
   }
   if (batch <= 0 || p.tiles <= 0) return cudaSuccess;

@@ -39,7 +39,9 @@ struct TileProducerTensor {
   void* dst;              // [batch, heads, dst_tokens, head_dim] bf16
   const float* weight;    // [heads * head_dim] RMSNorm weight, or null: no RMSNorm
   bool rope;              // rotate with TileProducerParams::rope
-  float* mean = nullptr;  // [batch, heads, stat_tiles, head_dim] f32 each, or all null
+  // [batch, heads, stat_tiles, head_dim] f32 each, or null: no statistics; max and min are
+  // both set or both null (the mean only).
+  float* mean = nullptr;
   float* max = nullptr;
   float* min = nullptr;
 };

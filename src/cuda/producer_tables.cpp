@@ -45,18 +45,20 @@ void ProducerTables::set_layout(dit_cuda::TileProducerParams& p) const {
   p.stat_tiles = max_tiles, p.stat_heads = stat_heads.as<uint8_t>();
 }
 
-void ProducerTables::set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6]) {
+void ProducerTables::set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6],
+                                    bool query_extrema) {
   for (int i = 0; i < 2; ++i) {
+    const bool extrema = stats && (i == 1 || query_extrema);
     p.t[i].mean = stats ? stats[3 * i] : nullptr;
-    p.t[i].max = stats ? stats[3 * i + 1] : nullptr;
-    p.t[i].min = stats ? stats[3 * i + 2] : nullptr;
+    p.t[i].max = extrema ? stats[3 * i + 1] : nullptr;
+    p.t[i].min = extrema ? stats[3 * i + 2] : nullptr;
   }
 }
 
-GpuTileStatsInput ProducerTables::given(float* const stats[6]) const {
+GpuTileStatsInput ProducerTables::given(float* const stats[6], bool query_extrema) const {
   GpuTileStatsInput g;
-  g.q_mean = stats[0], g.q_max = stats[1], g.q_min = stats[2];
-  g.k_mean = stats[3], g.k_max = stats[4], g.k_min = stats[5];
+  g.q_mean = stats[0], g.k_mean = stats[3], g.k_max = stats[4], g.k_min = stats[5];
+  if (query_extrema) g.q_max = stats[1], g.q_min = stats[2];
   g.heads = stat_heads_host;
   return g;
 }

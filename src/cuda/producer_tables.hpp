@@ -28,11 +28,13 @@ struct ProducerTables {
   // p's layout fields (tokens, dst_tokens, heads, tables, tiles, volume, stat_tiles).
   void set_layout(dit_cuda::TileProducerParams& p) const;
 
-  // Statistics buffers, [batch, heads, max_tiles, head_dim] f32 each: q mean, max, min, then k's.
-  // set_statistics points p.t[0] (q) and p.t[1] (k) at them (null: no statistics); given() is
-  // the selector's view of what the producer wrote there.
-  static void set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6]);
-  GpuTileStatsInput given(float* const stats[6]) const;
+  // Statistics buffers, [batch, heads, max_tiles, head_dim] f32 each: q mean, max, min, then k's;
+  // q max and min are used only with `query_extrema` (GpuSelector::reads_query_extrema).
+  // set_statistics points p.t[0] (q) and p.t[1] (k) at them (stats null: no statistics); given()
+  // is the selector's view of what the producer wrote there.
+  static void set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6],
+                             bool query_extrema);
+  GpuTileStatsInput given(float* const stats[6], bool query_extrema) const;
 };
 
 }  // namespace veda

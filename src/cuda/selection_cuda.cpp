@@ -17,8 +17,8 @@
 // 3W sums lo.hi + hi.lo + hi.hi (f32 output, error ~1e-4 |Qf| |Kf - c| at W = 256). (c shifts each
 // row by a constant, which no ranking sees; it keeps the bound small.) Either way the top-k kernel
 // places what the GEMM's error bound allows and rescores the few boundary tiles it cannot from the
-// f32 feature rows (canonical logits, kernels/selection_topk.cuh), so both precisions give one
-// mask.
+// f32 feature rows, recomputed from the tile statistics (canonical logits,
+// kernels/selection_topk.cuh), so both precisions give one mask.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -59,8 +59,8 @@ struct GpuSelector::Impl {
   SelectionConfig config;
   int heads = 0, max_tiles = 0, volume = 0, max_k = 0;
   int64_t tokens = 0;
+  int width_factor = 1;  // feature width = width_factor * head_dim (feature planes)
   sel::FeatureKind q_kind = sel::FeatureKind::kQMean, k_kind = sel::FeatureKind::kKMean;
-  int width_factor = 1;  // feature width = width_factor * head_dim
   bool fp16 = false;     // GpuScorePrecision::kF16x3
 
   DeviceBuffer slot_token, valid, info, key_bias, distance, key_coords, head_weights;
@@ -79,14 +79,16 @@ struct GpuSelector::Impl {
   cublasLtMatmulAlgo_t algo{};
   int plan_batch = -1, plan_width = -1;
 
-  // Scratch, grown on demand: f32 features, the q row norms and the largest k row norm per (b, h);
-  // for kF16x3 also the split fp16 rows and their scales, the k centre and the largest centred
-  // k row norm.
+  // Scratch, grown on demand: the tile statistics (the boundary rescoring recomputes feature rows
+  // from them), the q row norms and the largest k row norm per (b, h); the f32 features (kF32) or
+  // the split fp16 rows and their scales, the k centre and the largest centred k row norm
+  // (kF16x3).
   int scratch_batch = 0, scratch_dim = 0;
   DeviceBuffer q_feat, k_feat, q_norm, k_norm_max;
   DeviceBuffer q_split, k_split, q_scale, k_scale, center, k_norm_centred;
   DeviceBuffer logits, logits_kept, bad_row, rescored;  // rescored: count_rescored
-  DeviceBuffer stats[6];  // q mean/max/min, k mean/max/min
+  // q mean/max/min, k mean/max/min; max and min only where the features read them or kept.
+  DeviceBuffer stats[6];
   DeviceBuffer given_heads;                 // GpuTileStatsInput::heads, uploaded when it changes
   std::vector<uint8_t> given_heads_host;
   int last_batch = 0, last_dim = 0;
@@ -124,11 +126,15 @@ struct GpuSelector::Impl {
     const size_t gemm_rows_all = size_t(b) * heads * gemm_rows(max_tiles, fp16);
     VEDA_RETURN_IF_ERROR(
         alloc(logits, gemm_rows_all * logits_stride(max_tiles, fp16) * sizeof(float)));
-    VEDA_RETURN_IF_ERROR(alloc(q_feat, rows * w * sizeof(float)));
-    VEDA_RETURN_IF_ERROR(alloc(k_feat, rows * w * sizeof(float)));
+    for (int t = 0; t < 6; ++t)
+      if (t % 3 == 0 || needs_extrema(t < 3 ? q_kind : k_kind))
+        VEDA_RETURN_IF_ERROR(alloc(stats[t], rows * d * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(q_norm, rows * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(k_norm_max, head_rows * sizeof(unsigned)));
-    if (fp16) {
+    if (!fp16) {
+      VEDA_RETURN_IF_ERROR(alloc(q_feat, rows * w * sizeof(float)));
+      VEDA_RETURN_IF_ERROR(alloc(k_feat, rows * w * sizeof(float)));
+    } else {
       // The GEMM's padding rows: their logits are never read; zeroed once (on the caller's
       // stream, before this select's kernels) so that the GEMM reads initialised memory.
       for (DeviceBuffer* split : {&q_split, &k_split}) {
@@ -145,8 +151,6 @@ struct GpuSelector::Impl {
     if (!bad_row.data()) VEDA_RETURN_IF_ERROR(alloc(bad_row, sizeof(unsigned long long)));
     if (options.count_rescored && !rescored.data())
       VEDA_RETURN_IF_ERROR(alloc(rescored, sizeof(unsigned long long)));
-    if (options.keep_stats)
-      for (auto& s : stats) VEDA_RETURN_IF_ERROR(alloc(s, rows * d * sizeof(float)));
     scratch_batch = b, scratch_dim = d;
     return Status::ok();
   }
@@ -200,6 +204,12 @@ struct GpuSelector::Impl {
     return Status::ok();
   }
 
+  // Whether the statistics of a tensor scored with `kind` need their maxima and minima: its
+  // features read them, or keep_stats keeps them.
+  bool needs_extrema(sel::FeatureKind kind) const {
+    return sel::uses_extrema(kind) || options.keep_stats;
+  }
+
   // Gather/statistics parameters of one tensor (no feature outputs set).
   sel::GatherStatsParams tensor_params(const void* x, bool tile_order, int dim, void* x_tiled,
                                        sel::FeatureKind kind) const {
@@ -232,32 +242,40 @@ struct GpuSelector::Impl {
                             kWorkspaceBytes, stream);
     };
     if (!tuned) {
-      // Per candidate: one untimed run, then the median of three timed ones; a candidate that
-      // cuBLASLt refuses is skipped.
+      // Each candidate that cuBLASLt accepts is timed over batches of back-to-back runs (as the
+      // GEMM runs in a select: no host sync between), the candidates in turn for several
+      // rounds, so that the clocks' ramp-up and drift reach them all alike; the smallest median
+      // batch wins.
+      constexpr int kRounds = 3, kRunsPerBatch = 4;
+      std::vector<cublasLtMatmulAlgo_t> accepted;
+      for (const cublasLtMatmulAlgo_t& c : candidates)
+        if (gemm(c) == CUBLAS_STATUS_SUCCESS) accepted.push_back(c);
+      if (accepted.empty())
+        return Status(ErrorCode::kCudaError, "GpuSelector: no cuBLASLt GEMM algorithm ran");
       cudaEvent_t ev[2] = {};
       for (auto& e : ev) VEDA_CUDA_CHECK(cudaEventCreate(&e));
-      float best = INFINITY;
+      std::vector<std::vector<float>> ms(accepted.size());
       Status st = Status::ok();
-      for (const cublasLtMatmulAlgo_t& c : candidates) {
-        if (gemm(c) != CUBLAS_STATUS_SUCCESS) continue;
-        float ms[3] = {};
-        for (float& m : ms) {
+      for (int round = 0; round < kRounds && st.is_ok(); ++round) {
+        for (size_t c = 0; c < accepted.size() && st.is_ok(); ++c) {
           st = cuda_status(cudaEventRecord(ev[0], stream), "cudaEventRecord");
-          if (st.is_ok()) st = cublas_status(gemm(c), "cublasLtMatmul (tuning)");
+          for (int r = 0; r < kRunsPerBatch && st.is_ok(); ++r)
+            st = cublas_status(gemm(accepted[c]), "cublasLtMatmul (tuning)");
           if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[1], stream), "cudaEventRecord");
           if (st.is_ok()) st = cuda_status(cudaEventSynchronize(ev[1]), "cudaEventSynchronize");
+          float t = 0;
           if (st.is_ok())
-            st = cuda_status(cudaEventElapsedTime(&m, ev[0], ev[1]), "cudaEventElapsedTime");
-          if (!st.is_ok()) break;
+            st = cuda_status(cudaEventElapsedTime(&t, ev[0], ev[1]), "cudaEventElapsedTime");
+          ms[c].push_back(t);
         }
-        if (!st.is_ok()) break;
-        std::sort(ms, ms + 3);
-        if (ms[1] < best) best = ms[1], algo = c;
       }
       for (auto& e : ev) cudaEventDestroy(e);
       VEDA_RETURN_IF_ERROR(st);
-      if (!(best < INFINITY))
-        return Status(ErrorCode::kCudaError, "GpuSelector: no cuBLASLt GEMM algorithm ran");
+      float best = INFINITY;
+      for (size_t c = 0; c < accepted.size(); ++c) {
+        std::sort(ms[c].begin(), ms[c].end());
+        if (ms[c][kRounds / 2] < best) best = ms[c][kRounds / 2], algo = accepted[c];
+      }
       tuned = true;
     }
     VEDA_CUBLAS_CHECK(gemm(algo));
@@ -269,10 +287,15 @@ struct GpuSelector::Impl {
     if (int(given.heads.size()) != heads)
       return invalid_argument(fmt::format("GpuSelector::select_tiled: given statistics mark {} "
                                           "heads for {} heads", given.heads.size(), heads));
-    for (const float* p : {given.q_mean, given.q_max, given.q_min, given.k_mean, given.k_max,
-                           given.k_min})
-      if (!p)
-        return invalid_argument("GpuSelector::select_tiled: a given statistics buffer is null");
+    const bool extrema[2] = {needs_extrema(q_kind), needs_extrema(k_kind)};
+    const float* bufs[6] = {given.q_mean, given.q_max, given.q_min,
+                            given.k_mean, given.k_max, given.k_min};
+    for (int t = 0; t < 6; ++t)
+      if (!bufs[t] && (t % 3 == 0 || extrema[t / 3]))
+        return invalid_argument(fmt::format(
+            "GpuSelector::select_tiled: the given {} {} is null (only q max and min may be, where "
+            "reads_query_extrema() is false)", t < 3 ? "q" : "k",
+            t % 3 == 0 ? "mean" : t % 3 == 1 ? "max" : "min"));
     if (given.heads != given_heads_host) {
       VEDA_ASSIGN_OR_RETURN(given_heads, upload_to_device(given.heads));
       given_heads_host = given.heads;
@@ -289,6 +312,9 @@ GpuSelector& GpuSelector::operator=(GpuSelector&&) noexcept = default;
 int GpuSelector::max_k() const { return impl_ ? impl_->max_k : 0; }
 int GpuSelector::max_tiles() const { return impl_ ? impl_->max_tiles : 0; }
 int GpuSelector::heads() const { return impl_ ? impl_->heads : 0; }
+bool GpuSelector::reads_query_extrema() const {
+  return impl_ && impl_->needs_extrema(impl_->q_kind);
+}
 
 Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const SelectionConfig& config,
                                       const GpuSelectorOptions& options) {
@@ -359,16 +385,13 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   std::vector<uint32_t> key_coords;  // estimator: packed video tile coordinates (distance prior)
   switch (options.method) {
     case GpuScoreMethod::kMean:
-      im.q_kind = sel::FeatureKind::kQMean, im.k_kind = sel::FeatureKind::kKMean;
       im.width_factor = 1;
       break;
     case GpuScoreMethod::kStats: {
       const float a = options.stats.key_alpha;
       if (a == 0.f) {  // the CPU scores with the mean block alone
-        im.q_kind = sel::FeatureKind::kQMean, im.k_kind = sel::FeatureKind::kKMean;
         im.width_factor = 1;
       } else {
-        im.q_kind = sel::FeatureKind::kQSplit, im.k_kind = sel::FeatureKind::kKBlend;
         im.width_factor = 2;
         for (int h = 0; h < heads; ++h) weights.insert(weights.end(), {1.f - a, a, 0.f, 0.f});
       }
@@ -383,8 +406,6 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
     case GpuScoreMethod::kEstimator: {
       bool query_upper = false;
       for (const EstimatorParams& p : options.estimator) query_upper |= p.query_upper != 0.0;
-      im.q_kind = query_upper ? sel::FeatureKind::kQSplit4 : sel::FeatureKind::kQSplit;
-      im.k_kind = query_upper ? sel::FeatureKind::kKBlend4 : sel::FeatureKind::kKBlend;
       im.width_factor = query_upper ? 4 : 2;
       key_bias.assign(size_t(heads) * T, 0.f);
       for (int h = 0; h < heads; ++h) {
@@ -401,26 +422,31 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
           for (int bin = 0; bin < kDistanceBins; ++bin)
             distance.push_back(float(p.distance[axis][bin]));
       }
+      // Each key tile's two entries in the top-k rows' prior table (TopkParams::key_coords).
+      for (int h = 0; h < heads; ++h) {
+        const auto axis = layouts.head(h).tiles_per_axis();
+        for (int a = 0; a < 3; ++a) im.prior_extent[a] = std::max(im.prior_extent[a], axis[a]);
+      }
+      const std::array<int, 3>& e = im.prior_extent;
+      if (sel::prior_table_entries(e.data()) > 65535)
+        return unsupported(fmt::format("GpuSelector: up to {}x{}x{} video tiles; the distance "
+                                       "prior takes at most 65534 (t, h) pairs and w tiles",
+                                       e[0], e[1], e[2]));
       key_coords.assign(size_t(heads) * T, 0u);
       for (int h = 0; h < heads; ++h) {
         const TileLayout& layout = layouts.head(h);
-        const auto axis = layout.tiles_per_axis();
-        if (axis[0] >= 1024 || axis[1] >= 2048 || axis[2] >= 2048)
-          return unsupported(fmt::format("GpuSelector: {}x{}x{} video tiles; the distance prior "
-                                         "takes fewer than 1024x2048x2048", axis[0], axis[1],
-                                         axis[2]));
-        for (int a = 0; a < 3; ++a) im.prior_extent[a] = std::max(im.prior_extent[a], axis[a]);
         for (int j = layout.num_prefix_tiles(); j < layout.num_tiles(); ++j) {
           const auto c = layout.tile_coords(j);
-          key_coords[size_t(h) * T + j] = uint32_t(c[0]) << 22 | uint32_t(c[1]) << 11 | uint32_t(c[2]);
+          key_coords[size_t(h) * T + j] =
+              uint32_t(1 + c[0] * e[1] + c[1]) << 16 | uint32_t(1 + e[0] * e[1] + c[2]);
         }
       }
       break;
     }
   }
+  im.q_kind = sel::query_kind_of(im.width_factor), im.k_kind = sel::key_kind_of(im.width_factor);
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
-  const int prior_entries =
-      distance.empty() ? 0 : im.prior_extent[0] + im.prior_extent[1] + im.prior_extent[2];
+  const int prior_entries = distance.empty() ? 0 : sel::prior_table_entries(im.prior_extent.data());
   if (sel::topk_smem_per_row(T, prior_entries) == 0)
     return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
                                    "shared memory", T));
@@ -537,20 +563,19 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   sel::GatherStatsParams& pk = launch.t[1];
   pq = tensor_params(q, tile_order, head_dim, q_tiled, q_kind);
   pk = tensor_params(k, tile_order, head_dim, k_tiled, k_kind);
-  pq.features = q_feat.as<float>(), pk.features = k_feat.as<float>();
+  pq.features = q_feat.as<float>(), pk.features = k_feat.as<float>();  // null for kF16x3
   pq.norm = q_norm.as<float>(), pk.norm_max = k_norm_max.as<unsigned>();
+  // Statistics out: every head not given (the rescoring reads them), and the given ones if kept.
+  pq.mean = stats[0].as<float>(), pq.max = stats[1].as<float>(), pq.min = stats[2].as<float>();
+  pk.mean = stats[3].as<float>(), pk.max = stats[4].as<float>(), pk.min = stats[5].as<float>();
+  pq.stats_of_given = pk.stats_of_given = keep;
   pk.head_weights = head_weights.as<float>();
   const size_t head_rows_bytes = size_t(batch) * heads * sizeof(unsigned);
   VEDA_CUDA_CHECK(cudaMemsetAsync(k_norm_max.data(), 0, head_rows_bytes, stream));
   if (given) {
-    const uint8_t* marked = given_heads.as<uint8_t>();
-    pq.given_mean = given->q_mean, pq.given_max = given->q_max, pq.given_min = given->q_min;
-    pk.given_mean = given->k_mean, pk.given_max = given->k_max, pk.given_min = given->k_min;
-    pq.given_heads = pk.given_heads = marked;
-  }
-  if (keep) {
-    pq.mean = stats[0].as<float>(), pq.max = stats[1].as<float>(), pq.min = stats[2].as<float>();
-    pk.mean = stats[3].as<float>(), pk.max = stats[4].as<float>(), pk.min = stats[5].as<float>();
+    pq.given = {given->q_mean, given->q_max, given->q_min};
+    pk.given = {given->k_mean, given->k_max, given->k_min};
+    pq.given_heads = pk.given_heads = given_heads.as<uint8_t>();
   }
   if (fp16) {
     pq.features16 = q_split.data(), pq.lo_slot = 0, pq.row_scale = q_scale.as<float>();
@@ -585,7 +610,9 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   tp.max_k = max_k;
   tp.counts = counts, tp.indices = indices;
   tp.bad_row = bad_row.as<unsigned long long>();
-  tp.q_feat = q_feat.as<float>(), tp.k_feat = k_feat.as<float>();
+  tp.q_stats = {pq.mean, pq.max, pq.min}, tp.k_stats = {pk.mean, pk.max, pk.min};
+  tp.q_given = pq.given, tp.k_given = pk.given, tp.given_heads = pq.given_heads;
+  tp.q_feature_scale = pq.q_scale, tp.head_weights = head_weights.as<float>();
   tp.width = width, tp.head_dim = head_dim;
   tp.q_norm = q_norm.as<float>();
   tp.k_norm = k_norm_max.as<unsigned>();

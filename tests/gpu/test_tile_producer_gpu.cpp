@@ -111,7 +111,7 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
     p.t[i] = {dx[i].data(), ddst[i].data(), i < 2 ? dw[i].as<float>() : nullptr, i < 2};
   p.tensors = 3;
   tables->set_layout(p);
-  ProducerTables::set_statistics(p, stats);
+  ProducerTables::set_statistics(p, stats, true);
   p.head_dim = D, p.eps = eps;
   p.rope = reinterpret_cast<const float2*>(drope.as<float>());
   ASSERT_EQ(dit_cuda::tile_producer(p, B, nullptr), cudaSuccess);
@@ -189,6 +189,24 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
     }
   }
 
+  // Without query extrema the producer leaves the q max / min buffers alone and writes the rest
+  // as before.
+  std::vector<uint8_t> before[6];
+  for (int s = 0; s < 6; ++s) {
+    if (s == 1 || s == 2) {
+      ASSERT_TRUE(fill_device_bytes(stats[s], 0xFF, stat_bytes).is_ok());
+    }
+    before[s].resize(stat_bytes);
+    ASSERT_TRUE(copy_to_host(before[s].data(), stats[s], stat_bytes).is_ok());
+  }
+  ProducerTables::set_statistics(p, stats, false);
+  ASSERT_EQ(dit_cuda::tile_producer(p, B, nullptr), cudaSuccess);
+  for (int s = 0; s < 6; ++s) {
+    std::vector<uint8_t> after(stat_bytes);
+    ASSERT_TRUE(copy_to_host(after.data(), stats[s], stat_bytes).is_ok());
+    EXPECT_TRUE(after == before[s]) << "statistic " << s << " changed without query extrema";
+  }
+
   // The selector with the producer's statistics selects what it selects from the rows alone.
   SelectionConfig config;
   config.density = 0.2;
@@ -201,7 +219,8 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
   for (int run = 0; run < 2; ++run) {
     DeviceBuffer dc = DeviceBuffer::allocate(rows * 4).value();
     DeviceBuffer di = DeviceBuffer::allocate(rows * max_k * 4).value();
-    const GpuTileStatsInput given = tables->given(stats);
+    ASSERT_FALSE(selector->reads_query_extrema());  // stats scoring: q features are the means
+    const GpuTileStatsInput given = tables->given(stats, false);
     const Status st = selector->select_tiled(ddst[0].data(), ddst[1].data(), DType::kBF16, B, D,
                                              dc.as<int32_t>(), di.as<int32_t>(), nullptr, nullptr,
                                              run == 1 ? &given : nullptr);
@@ -238,6 +257,8 @@ TEST(TileProducer, RejectsBadParameters) {
   dit_cuda::TileProducerParams p = good;
   p.t[0].mean = p.t[0].max = p.t[0].min = &stat;
   EXPECT_EQ(dit_cuda::tile_producer(p, 0, nullptr), cudaSuccess);
+  p = good, p.t[0].mean = &stat;  // the mean alone
+  EXPECT_EQ(dit_cuda::tile_producer(p, 0, nullptr), cudaSuccess);
   p = good;
   p.head_dim = 12;
   EXPECT_TRUE(refused(p));  // not a multiple of 8
@@ -254,7 +275,9 @@ TEST(TileProducer, RejectsBadParameters) {
   EXPECT_TRUE(refused(p));
   p = good, p.t[0].rope = true;  // no table
   EXPECT_TRUE(refused(p));
-  p = good, p.t[0].mean = &stat;  // max, min missing
+  p = good, p.t[0].mean = p.t[0].max = &stat;  // min missing
+  EXPECT_TRUE(refused(p));
+  p = good, p.t[0].max = p.t[0].min = &stat;  // mean missing
   EXPECT_TRUE(refused(p));
   p = good, p.t[0].mean = p.t[0].max = p.t[0].min = &stat, p.stat_tiles = 0;
   EXPECT_TRUE(refused(p));

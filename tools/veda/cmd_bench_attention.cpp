@@ -159,8 +159,8 @@ struct DitProducer {
     return d;
   }
 
-  Status run(bool with_stats, int batch) {
-    ProducerTables::set_statistics(params, with_stats ? stats_ptr : nullptr);
+  Status run(bool with_stats, bool query_extrema, int batch) {
+    ProducerTables::set_statistics(params, with_stats ? stats_ptr : nullptr, query_extrema);
     return cuda_status(dit_cuda::tile_producer(params, batch, nullptr), "tile_producer");
   }
 };
@@ -189,15 +189,16 @@ Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_d
   for (auto& e : ev) VEDA_CUDA_CHECK(cudaEventCreate(&e));
   std::vector<double> plain, with_stats, cost, select, stages[3];
   Status st;
-  const GpuTileStatsInput given = d.tables.given(d.stats_ptr);
+  const bool query_extrema = selector.reads_query_extrema();
+  const GpuTileStatsInput given = d.tables.given(d.stats_ptr, query_extrema);
   for (int r = 0; r < warmup + runs && st.is_ok(); ++r) {
     // Both launches write the same q, k; the statistics stay from the one that computes them.
     const bool stats_first = r % 2 == 1;
     float first = 0, second = 0;
     st = cuda_status(cudaEventRecord(ev[0]), "cudaEventRecord");
-    if (st.is_ok()) st = d.run(stats_first, batch);
+    if (st.is_ok()) st = d.run(stats_first, query_extrema, batch);
     if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[1]), "cudaEventRecord");
-    if (st.is_ok()) st = d.run(!stats_first, batch);
+    if (st.is_ok()) st = d.run(!stats_first, query_extrema, batch);
     if (st.is_ok()) st = cuda_status(cudaEventRecord(ev[2]), "cudaEventRecord");
     GpuSelectStageTimes t;
     if (st.is_ok())

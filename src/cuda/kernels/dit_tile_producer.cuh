@@ -11,7 +11,7 @@
 // token's slot in its head's own layout (`token_slot`, so heads may have different tile shapes).
 // For the heads whose layout is the reference one (`stat_heads`), the thread also keeps sum / max /
 // min of the rounded values of its 8 channels in registers, over the slots in order as
-// compute_tile_stats does, and writes mean (sum * (1 / valid)), max and min at the end: bit for
+// compute_tile_stats does, and writes mean (sum * (1 / valid)), max and min (where asked) at the end: bit for
 // bit what the selector's statistics pass computes from the output (it too starts the sums at 0
 // and max / min at -inf / +inf, so compute_tile_stats, which starts from slot 0, can differ in the
 // sign of a zero mean and in whether a NaN shows in max / min; a NaN always reaches the mean).
@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
   for (int i = 0; i < 2; ++i) {
     reinterpret_cast<float4*>(t.mean + at)[i] = make_float4(
         sum[4 * i] * inv, sum[4 * i + 1] * inv, sum[4 * i + 2] * inv, sum[4 * i + 3] * inv);
+    if (!t.max) continue;  // the selector reads no maxima and minima of this tensor
     reinterpret_cast<float4*>(t.max + at)[i] =
         make_float4(hi[4 * i], hi[4 * i + 1], hi[4 * i + 2], hi[4 * i + 3]);
     reinterpret_cast<float4*>(t.min + at)[i] =

@@ -5,9 +5,10 @@
 // tile read one row's contiguous bytes together. Each thread walks its tile's valid slots in order
 // (the token from the head's slot_token table, or the tile-order row itself), optionally stores the
 // chunk to the tile-order copy, and keeps sum / max / min of its E = 16 / elem channels in
-// registers: no shared memory, no barrier. It then writes mean / max / min (optional) and its
-// channels of the scoring features (FeatureKind, weights folded in; NaN where not finite) as f32
-// (both precisions: the top-k kernel rescores boundary tiles from them). The row norms are
+// registers: no shared memory, no barrier. It then writes mean / max / min (where asked: the
+// top-k kernel rescores boundary tiles from them) and computes its channels of the scoring
+// features (FeatureKind, weights folded in; NaN where not finite: selection_features.cuh),
+// written as f32 rows for the f32 GEMM. The row norms are
 // reduced over the tile's C lanes by shuffles (q: per row; k: one atomicMax of the warp's largest
 // per (b, h)). For FP16x3 scoring the k features are then centred, and each row, scaled by a power
 // of two, is written as fp16 hi and lo parts.
@@ -25,18 +26,12 @@
 #include <cstdint>
 
 #include "cuda/kernels/chunk_ops.cuh"
+#include "cuda/kernels/selection_features.cuh"
 #include "cuda/selection_launch.hpp"
 
 namespace veda::cuda::sel {
 
 inline constexpr int kStatsThreads = 256;
-
-// Any NaN or infinity in a feature becomes NaN, so that every logit of the tile is NaN (the top-k
-// kernel reports the row) in both precisions: an infinity could otherwise give -inf logits, which
-// drop out silently, or be lost in the FP16x3 split.
-__device__ __forceinline__ float nan_if_not_finite(float x) {
-  return fabsf(x) <= FLT_MAX ? x : __int_as_float(0x7fffffff);
-}
 
 template <int E>
 __device__ __forceinline__ void store_f32(float* dst, const float* v) {
@@ -116,14 +111,8 @@ __device__ __forceinline__ void finish_stats(int valid, const float* sum, float*
   }
 }
 
-// Whether the features of `kind` read the tile maxima and minima.
-__device__ __forceinline__ bool uses_extrema(FeatureKind kind) {
-  return kind == FeatureKind::kQSplit4 || kind == FeatureKind::kKBlend ||
-         kind == FeatureKind::kKBlend4;
-}
-
 // The statistics of this thread's channels: given by a producer for head h (a load; zeros for an
-// empty tile; max / min only where kept or used), or walked from x (sum / max / min, then
+// empty tile; max / min only where written out or used), or walked from x (sum / max / min, then
 // finish_stats; `live` false: a thread past the last tile, valid 0). `sum`, `hi`, `lo` preset.
 template <class T>
 __device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t bh, int h, int tile,
@@ -132,62 +121,18 @@ __device__ __forceinline__ void tile_stats(const GatherStatsParams& p, int64_t b
   constexpr int E = ChunkOps<T>::kElems;
   if (p.given_heads && p.given_heads[h]) {
     const int64_t at = (bh * p.max_tiles + tile) * p.head_dim + chunk * E;
-    const bool extrema = valid > 0 && (p.mean != nullptr || uses_extrema(p.feature));
+    const bool extrema =
+        valid > 0 && (uses_extrema(p.feature) || (p.stats_of_given && p.max != nullptr));
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      mean[e] = valid > 0 ? p.given_mean[at + e] : 0.f;
-      hi[e] = extrema ? p.given_max[at + e] : 0.f;
-      lo[e] = extrema ? p.given_min[at + e] : 0.f;
+      mean[e] = valid > 0 ? p.given.mean[at + e] : 0.f;
+      hi[e] = extrema ? p.given.max[at + e] : 0.f;
+      lo[e] = extrema ? p.given.min[at + e] : 0.f;
     }
     return;
   }
   if (live) walk_tile<T>(p, bh, h, tile, chunk, valid, true, sum, hi, lo);
   finish_stats<E>(valid, sum, mean, hi, lo);
-}
-
-// The scoring feature planes of this thread's channels: f[plane][e] (see FeatureKind).
-template <int E>
-__device__ __forceinline__ void chunk_features(const GatherStatsParams& p, int h, const float* mean,
-                                               const float* hi, const float* lo, float (&f)[4][E]) {
-  float w_p = 0.f, w_ku = 0.f, w_kl = 0.f, w_qu = 0.f;
-  if (p.head_weights) {
-    w_p = p.head_weights[h * 4 + 0], w_ku = p.head_weights[h * 4 + 1];
-    w_kl = p.head_weights[h * 4 + 2], w_qu = p.head_weights[h * 4 + 3];
-  }
-  const float qs = p.q_scale;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    f[0][e] = f[1][e] = f[2][e] = f[3][e] = 0.f;
-    // max(mean, 0) and min(mean, 0) as std::max / std::min on the CPU: a NaN mean stays NaN
-    // (fmaxf / fminf would drop it, and with it the row's numeric error).
-    const float pos = mean[e] < 0.f ? 0.f : mean[e], neg = 0.f < mean[e] ? 0.f : mean[e];
-    switch (p.feature) {
-      case FeatureKind::kQMean:
-        f[0][e] = qs * mean[e];
-        break;
-      case FeatureKind::kQSplit4:
-        f[2][e] = qs * hi[e];
-        f[3][e] = qs * lo[e];
-        [[fallthrough]];
-      case FeatureKind::kQSplit:
-        f[0][e] = qs * pos;
-        f[1][e] = qs * neg;
-        break;
-      case FeatureKind::kKMean:
-        f[0][e] = mean[e];
-        break;
-      case FeatureKind::kKBlend4:
-        f[2][e] = w_qu * pos;
-        f[3][e] = w_qu * neg;
-        [[fallthrough]];
-      case FeatureKind::kKBlend:
-        f[0][e] = w_p * mean[e] + w_ku * hi[e] + w_kl * lo[e];
-        f[1][e] = w_p * mean[e] + w_ku * lo[e] + w_kl * hi[e];
-        break;
-      case FeatureKind::kNone:
-        break;
-    }
-  }
 }
 
 template <class T>
@@ -216,15 +161,17 @@ __global__ void __launch_bounds__(kStatsThreads)
   tile_stats<T>(p, bh, h, tile, chunk, valid, live, sum, mean, hi, lo);
   const int64_t row = bh * p.max_tiles + tile;
   const int c0 = chunk * E;
-  if (p.mean && live) {
+  if (p.mean && live && (p.stats_of_given || !(p.given_heads && p.given_heads[h]))) {
     store_f32<E>(p.mean + row * D + c0, mean);
-    store_f32<E>(p.max + row * D + c0, hi);
-    store_f32<E>(p.min + row * D + c0, lo);
+    if (p.max) {
+      store_f32<E>(p.max + row * D + c0, hi);
+      store_f32<E>(p.min + row * D + c0, lo);
+    }
   }
   if (p.feature == FeatureKind::kNone) return;
 
   float f[4][E];
-  chunk_features<E>(p, h, mean, hi, lo, f);
+  tile_features<E>(p.feature, p.q_scale, p.head_weights, h, mean, hi, lo, f);
   const int planes = p.width / D;
   const int64_t at = row * p.width + c0;
   float sq = 0.f, sq_centred = 0.f;
@@ -233,10 +180,7 @@ __global__ void __launch_bounds__(kStatsThreads)
   for (int k = 0; k < 4; ++k) {
     if (k >= planes) break;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      f[k][e] = nan_if_not_finite(f[k][e]);
-      sq = fmaf(f[k][e], f[k][e], sq);
-    }
+    for (int e = 0; e < E; ++e) sq = fmaf(f[k][e], f[k][e], sq);
     if (p.features && live) store_f32<E>(p.features + at + k * D, f[k]);
     if (p.center && valid > 0) {
       const float* c = p.center + bh * p.width + k * D + c0;
@@ -323,7 +267,7 @@ __global__ void __launch_bounds__(kStatsThreads)
 #pragma unroll
     for (int e = 0; e < E; ++e) sum[e] = 0.f, hi[e] = -INFINITY, lo[e] = INFINITY;
     tile_stats<T>(p, bh, h, tile, chunk, valid, true, sum, mean, hi, lo);
-    chunk_features<E>(p, h, mean, hi, lo, f);
+    tile_features<E>(p.feature, p.q_scale, p.head_weights, h, mean, hi, lo, f);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k * D < W)

@@ -19,14 +19,15 @@
 //     bin B of the take-th largest value. Forced tiles and candidates whose v + 2e maps to B or
 //     above are listed in ascending order (e: the row's error bound; "maps to B or above" as a
 //     compare with the smallest float that does, found once a row); tau, the take-th largest v,
-//     follows from a bitwise search over the listed tiles of bin B.
+//     follows from a k-th value search over the listed tiles of bin B (kth_largest_key).
 //  3. Listed candidates with v - 2e > tau are in (A); those with v + 2e >= tau (U) get their
-//     canonical logit r, and the need = take - |A| largest r of U are chosen: the need-th largest
-//     order key by a bitwise search, ties to the lower index.
+//     canonical logit r (both warps, a tile each in turn), and the need = take - |A| largest r of U
+//     are chosen: the need-th largest order key, ties to the lower index.
 //  4. The listed forced, A and chosen tiles are written in ascending order; unused entries -1.
-// Canonical logit r_j: the f32 feature rows' dot product q_i . k_j (uncentred) summed in double in
-// a fixed order (its nonzero products only, below; lane l takes channels 4l + 128t in order, then
-// a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the
+// Canonical logit r_j: the f32 feature rows' dot product q_i . k_j (uncentred; the rows
+// recomputed from the tile statistics, as the statistics kernel made the GEMM's) summed in double
+// in a fixed order (its nonzero products only, below; lane l takes channels 4l + 128t in order,
+// then a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the
 // precision, nor on which tiles a row rescores -- so both precisions choose the top-take tiles by
 // r, ties to the lower index.
 // Why e suffices: |v_j - r_j - s| <= e with s a per-row constant (q_i . c, the FP16x3 centring; 0
@@ -56,14 +57,17 @@
 // On structured inputs a few tiles a row fall within 2e of tau.
 // Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
 // Shared memory per row: histogram [256] int32, values [T] f32, two lists [T] uint16, the row's
-// distance prior per key tile coordinate (three axes).
-// Sync: __syncthreads between the phases; the two k-th-value searches and the tie walk run in
-// warp 0 (their lists are short).
+// distance prior per key tile (t, h) and w coordinate.
+// The kernel is bound by its rows' latency (16 an SM, by shared memory and registers), not by
+// issue: what shortens a row's chain of phases pays, fewer instructions alone hardly do.
+// Sync: __syncthreads between the phases; the two k-th-value searches, the A / U split, the tie
+// walk and the output run in warp 0 (their lists are short).
 #pragma once
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/kernels/selection_features.cuh"
 #include "cuda/selection_launch.hpp"
 
 namespace veda::cuda::sel {
@@ -73,8 +77,13 @@ inline constexpr int kTopkThreads = 64;  // one CTA a row
 inline constexpr int kTopkWarps = kTopkThreads / 32;
 inline constexpr int kTopkCtasPerSm = 16;  // 64 registers a thread
 inline constexpr unsigned kFullMask = 0xffffffffu;
-inline constexpr int kTopkLoadBatch = 4;  // strided raw scores a thread loads before using them
-inline constexpr int kRescoreTiles = 2;  // tiles a warp's rescoring step (more: registers, spills)
+inline constexpr int kTopkLoadBatch = 6;  // strided raw scores a thread loads before using them
+// Tiles a warp's rescoring step: one, so that both warps share the usual one or two boundary
+// tiles of a row (more a step: fewer steps for long boundaries, but registers and spills).
+inline constexpr int kRescoreTiles = 1;
+
+// The lanes below `lane` as a mask (ballot ranks).
+__device__ __forceinline__ unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
 
 // Monotone map float -> uint32 (larger float, larger key); -0 and +0 map alike (they compare
 // equal on the CPU).
@@ -122,42 +131,74 @@ __device__ __forceinline__ double dot4(float4 a, float4 b, double acc) {
   return fma(double(a.w), double(b.w), acc);
 }
 
-// Canonical logits (above) r_j for j = list[m], m < count, into s_v[j]; finish adds the biases.
-// The CTA's warps take groups of kRescoreTiles in turn. The feature planes (head_dim D wide) come
-// as selection_cuda.cpp pairs them: one plane, q [s mean] . k [mean]; two, q [s mean+, s mean-]
+// Statistics of 4 channels of a tile (max / min zero where the features do not read them).
+struct Stats4 {
+  float4 mean, hi, lo;
+};
+__device__ __forceinline__ Stats4 load_stats4(const TileStatsView& v, int64_t at, bool extrema) {
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  return {ld4(v.mean + at), extrema ? ld4(v.max + at) : zero, extrema ? ld4(v.min + at) : zero};
+}
+// Their feature planes of kind kKind, as the statistics kernel computes them (kind_features).
+// Finite: a non-finite feature makes every logit of its tile NaN, and such a row is reported
+// before any rescoring, so the rows rescored have finite features only.
+template <FeatureKind kKind>
+__device__ __forceinline__ void features4(float q_scale, float4 w, const Stats4& s,
+                                          float4 (&f)[4]) {
+  const float mean[4] = {s.mean.x, s.mean.y, s.mean.z, s.mean.w};
+  const float hi[4] = {s.hi.x, s.hi.y, s.hi.z, s.hi.w}, lo[4] = {s.lo.x, s.lo.y, s.lo.z, s.lo.w};
+  float g[4][4];
+  kind_features<kKind, 4, false>(q_scale, w, mean, hi, lo, g);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) f[k] = make_float4(g[k][0], g[k][1], g[k][2], g[k][3]);
+}
+
+// Canonical logits (above) r_j for j = list[m], m < count, into s_v[j]; `finish` adds a key
+// tile's terms (`key_terms`: loaded with the statistics, off the reduction's path). The CTA's
+// warps take groups of kRescoreTiles in turn. The feature rows are recomputed from the tile
+// statistics (the f32 values the GEMM's rows were made of). The planes (head_dim D wide) come as
+// selection_cuda.cpp pairs them: one plane, q [s mean] . k [mean]; two, q [s mean+, s mean-]
 // . k [a, b], where every channel d has one of mean+_d, mean-_d zero, so its two products are one,
 // (q0 + q1)_d (q0_d != 0 ? a_d : b_d); four, the same and then q [s max, s min] . k [QU mean+,
 // QU mean-], where k's pair has a zero in every channel. Only those nonzero products are summed
 // (the zeros change no sum): a half of the work, for the same value.
-template <class Finish>
-__device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* list, int count,
-                        float* s_v, const Finish& finish, int warp, int lane) {
-  const int w = p.width, D = p.head_dim, planes = w / D;
-  const float* q = p.q_feat + (bh * p.max_tiles + i) * w;
-  const float* k = p.k_feat + bh * p.max_tiles * w;
+template <int kPlanes, class KeyTerms, class Finish>
+__device__ void rescore(const TopkParams& p, int64_t bh, int h, int i, const uint16_t* list,
+                        int count, float* s_v, const KeyTerms& key_terms, const Finish& finish,
+                        int warp, int lane) {
+  constexpr FeatureKind kQ = query_kind_of(kPlanes), kK = key_kind_of(kPlanes);
+  const int D = p.head_dim;
+  const bool given = p.given_heads && p.given_heads[h];
+  const TileStatsView qv = given ? p.q_given : p.q_stats, kv = given ? p.k_given : p.k_stats;
+  const int64_t q_at = (bh * p.max_tiles + i) * D, k_at = bh * p.max_tiles * D;
+  const float4 w = kPlanes > 1 ? ld4(p.head_weights + 4 * h) : make_float4(0.f, 0.f, 0.f, 0.f);
+  const float qs = p.q_feature_scale;
   for (int m0 = warp * kRescoreTiles; m0 < count; m0 += kTopkWarps * kRescoreTiles) {
     int j[kRescoreTiles];
     double acc[kRescoreTiles];
+    decltype(key_terms(0)) terms[kRescoreTiles];
 #pragma unroll
-    for (int g = 0; g < kRescoreTiles; ++g) j[g] = list[min(m0 + g, count - 1)], acc[g] = 0.0;
+    for (int g = 0; g < kRescoreTiles; ++g) {
+      j[g] = list[min(m0 + g, count - 1)], acc[g] = 0.0;
+      terms[g] = key_terms(j[g]);
+    }
     for (int d = 4 * lane; d < D; d += 128) {
-      const float4 q0 = ld4(q + d);
-      if (planes == 1) {
+      Stats4 ks[kRescoreTiles];
 #pragma unroll
-        for (int g = 0; g < kRescoreTiles; ++g)
-          acc[g] = dot4(q0, ld4(k + int64_t(j[g]) * w + d), acc[g]);
-        continue;
-      }
-      const float4 q1 = ld4(q + D + d), qa = add4(q0, q1);
-      float4 q2, q3;
-      if (planes == 4) q2 = ld4(q + 2 * D + d), q3 = ld4(q + 3 * D + d);
+      for (int g = 0; g < kRescoreTiles; ++g)
+        ks[g] = load_stats4(kv, k_at + int64_t(j[g]) * D + d, uses_extrema(kK));
+      float4 q[4];
+      features4<kQ>(qs, w, load_stats4(qv, q_at + d, uses_extrema(kQ)), q);
 #pragma unroll
       for (int g = 0; g < kRescoreTiles; ++g) {
-        const float* kj = k + int64_t(j[g]) * w + d;
-        acc[g] = dot4(qa, pick_nonzero(q0, ld4(kj), ld4(kj + D)), acc[g]);
-        if (planes == 4) {
-          const float4 k2 = ld4(kj + 2 * D);
-          acc[g] = dot4(pick_nonzero(k2, q2, q3), add4(k2, ld4(kj + 3 * D)), acc[g]);
+        float4 k[4];
+        features4<kK>(qs, w, ks[g], k);
+        if constexpr (kPlanes == 1) {
+          acc[g] = dot4(q[0], k[0], acc[g]);
+        } else {
+          acc[g] = dot4(add4(q[0], q[1]), pick_nonzero(q[0], k[0], k[1]), acc[g]);
+          if constexpr (kPlanes == 4)
+            acc[g] = dot4(pick_nonzero(k[2], q[2], q[3]), add4(k[2], k[3]), acc[g]);
         }
       }
     }
@@ -165,18 +206,29 @@ __device__ void rescore(const TopkParams& p, int64_t bh, int i, const uint16_t* 
     for (int g = 0; g < kRescoreTiles; ++g) {
       // Butterfly: every lane ends with the same sum (IEEE addition commutes).
       for (int off = 16; off > 0; off >>= 1) acc[g] += __shfl_xor_sync(kFullMask, acc[g], off);
-      if (lane == g && m0 + g < count) s_v[j[g]] = float(finish(acc[g], j[g]));
+      if (lane == g && m0 + g < count) s_v[j[g]] = float(finish(acc[g], terms[g]));
     }
   }
 }
 
-// The k-th largest order key of s_v[list[0..count)) (1 <= k <= count): the largest x with
-// #{key >= x} >= k, built bit by bit below the keys' common prefix. Each lane keeps its first key
-// in a register (lists are short).
+// The k-th largest order key of s_v[list[0..count)) (1 <= k <= count). Up to 32 keys (the usual
+// case: a bin's tiles, or a row's boundary), one a lane: the key with #{greater} < k <=
+// #{greater or equal}, counted against every other key by shuffles (independent steps, short
+// latency). More: the largest x with #{key >= x} >= k, built bit by bit below the keys' common
+// prefix; each lane keeps its first key in a register.
 __device__ uint32_t kth_largest_key(const float* s_v, const uint16_t* list, int count, int k,
                                     int lane) {
   const bool has0 = lane < count;
   const uint32_t key0 = has0 ? order_key(s_v[list[lane]]) : 0u;
+  if (count <= 32) {
+    int greater = 0, at_least = 0;
+    for (int m = 0; m < count; ++m) {
+      const uint32_t other = __shfl_sync(kFullMask, key0, m);
+      greater += other > key0, at_least += other >= key0;
+    }
+    const unsigned hit = __ballot_sync(kFullMask, has0 && greater < k && k <= at_least);
+    return __shfl_sync(kFullMask, key0, __ffs(hit) - 1);
+  }
   uint32_t lo = has0 ? key0 : ~0u, hi = key0;
   for (int m = lane + 32; m < count; m += 32) {
     const uint32_t key = order_key(s_v[list[m]]);
@@ -252,17 +304,6 @@ __device__ __forceinline__ unsigned block_scan(unsigned x, unsigned* s_scan, uns
   return incl;
 }
 
-// Appends `value` of the threads with `pred` to list[count..] in thread order and returns the new
-// count; the entries are visible to the whole CTA on return.
-__device__ __forceinline__ int block_append(uint16_t* list, int count, bool pred, int value,
-                                            unsigned* s_scan) {
-  unsigned total;
-  const unsigned incl = block_scan(pred ? 1u : 0u, s_scan, total);
-  if (pred) list[count + int(incl) - 1] = uint16_t(value);
-  __syncthreads();
-  return count + int(total);
-}
-
 // Lists the tiles j < n with bit 0 / bit 1 of sel(j) set, or forced (j < force_end or j ==
 // force_one: list0 only), into list0 / list1, ascending. Each
 // thread takes a contiguous run of tiles, so one scan ranks them all (an append per 256 tiles cost
@@ -296,6 +337,17 @@ __device__ __forceinline__ void list_tiles(int n, int force_end, int force_one, 
   __syncthreads();
 }
 
+// Calls k(std::integral_constant<int, planes>{}) for planes 1, 2 or 4 (the feature width / D).
+template <class K>
+__device__ __forceinline__ void with_planes(int planes, const K& k) {
+  if (planes == 1)
+    k(std::integral_constant<int, 1>{});
+  else if (planes == 2)
+    k(std::integral_constant<int, 2>{});
+  else
+    k(std::integral_constant<int, 4>{});
+}
+
 // Calls k(std::true_type{}) or k(std::false_type{}): a per-row flag as a compile-time constant.
 template <class K>
 __device__ __forceinline__ void with_flag(bool flag, const K& k) {
@@ -309,7 +361,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   extern __shared__ float s_row[];
   __shared__ unsigned s_scan[kTopkWarps];   // block_scan's per-warp sums
   __shared__ float s_red_f[2][kTopkWarps];  // per-warp max / min
-  __shared__ int s_red_i[2][kTopkWarps];    // per-warp candidates / bad, later A counts
+  __shared__ int s_red_i[2][kTopkWarps];    // per-warp candidates / bad, later |A|, |U|
   __shared__ uint32_t s_bcast[3];           // warp 0 -> CTA: B / above, a k-th key, row const
   const int h = blockIdx.y, i = blockIdx.x;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -317,19 +369,19 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   const int T = p.max_tiles;
   // The row: histogram [256] i32 (first: a bin's address is one LEA), values [T] f32 (j < n
   // only: no pass reads past n), list [T] u16, second list [T] u16, then the row's distance
-  // prior by key tile coordinate, per axis (prior_extent[0] + [1] + [2]).
+  // prior table: entry 0 = 0 (prefix keys), then the prior by key tile (t, h) and by w
+  // (key_coords holds each key tile's two entries).
   int* s_hist = reinterpret_cast<int*>(s_row);
   float* s_v = s_row + kTopkBins;
   uint16_t* s_list = reinterpret_cast<uint16_t*>(s_v + T);
   uint16_t* s_sub = s_list + T;
-  float* s_prior_t = s_v + 2 * T;
-  float* s_prior_h = s_prior_t + p.prior_extent[0];
-  float* s_prior_w = s_prior_h + p.prior_extent[1];
+  float* s_prior = s_v + 2 * T;
 
   const int64_t bh = int64_t(blockIdx.z) * p.heads + h;
   const int64_t row = bh * T + i;
   int32_t* out = p.indices + row * p.max_k;
   float* logits_out = p.logits_out ? p.logits_out + row * T : nullptr;
+  const float* raw = p.logits + (bh * p.logits_rows + i) * p.logits_stride;
   const HeadSelectInfo info = p.info[h];
   const int n = info.n, np = info.num_prefix;
   if (i >= n) {  // no such query tile: count 0
@@ -347,23 +399,31 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   const bool prior = p.distance != nullptr && i >= np;
   const float* bias_h = p.key_bias ? p.key_bias + int64_t(h) * T : nullptr;
   const uint32_t* coords_h = p.key_coords + int64_t(h) * T;
-  if (prior) {  // this row's prior term per key tile coordinate, each axis
-    const uint32_t qc = coords_h[i];
+  if (prior) {  // this row's prior term per key tile (t, h) and w coordinate
+    const int e_t = p.prior_extent[0], e_h = p.prior_extent[1], e_w = p.prior_extent[2];
+    const uint32_t qc = coords_h[i];  // the query tile's entries
+    const int q_th = int(qc >> 16) - 1, q_w = int(qc & 0xffffu) - 1 - e_t * e_h;
+    const int q_t = q_th / e_h, q_h = q_th % e_h;
     const float* dist = p.distance + h * kDistanceTableSize;
-    // (The three tables are one array: entry x of axis a at x + the extents before a.)
-    for (int a = 0, at = 0; a < 3; at += p.prior_extent[a], ++a) {
-      const int q_axis = int((qc >> (22 - 11 * a)) & 2047u);
-      for (int x = tid; x < p.prior_extent[a]; x += kTopkThreads)
-        s_prior_t[at + x] = __ldg(dist + 11 * a + distance_bin_dev(q_axis - x));
-    }
+    if (tid == 0) s_prior[0] = 0.f;
+    for (int x = tid; x < e_t * e_h; x += kTopkThreads)  // the t and h terms summed in f32
+      s_prior[1 + x] = __ldg(dist + distance_bin_dev(q_t - x / e_h)) +
+                       __ldg(dist + 11 + distance_bin_dev(q_h - x % e_h));
+    for (int x = tid; x < e_w; x += kTopkThreads)
+      s_prior[1 + e_t * e_h + x] = __ldg(dist + 22 + distance_bin_dev(q_w - x));
   }
-  auto prior_of = [&](uint32_t kc) {  // the estimator's distance prior of key tile coordinates kc
-    return s_prior_t[kc >> 22] + s_prior_h[(kc >> 11) & 2047u] + s_prior_w[kc & 2047u];
+  // The estimator's distance prior of the key tile with entries kc (0 for a prefix key tile):
+  // (t + h) + w in f32.
+  auto prior_of = [&](uint32_t kc) { return s_prior[kc >> 16] + s_prior[kc & 0xffffu]; };
+  // v (f32 logit, or double for the canonical one) + key bias + distance prior, in one order;
+  // key tile j's terms from key_terms(j).
+  auto key_terms = [&](int j) {
+    return make_float2(bias_h ? __ldg(bias_h + j) : 0.f,
+                       __uint_as_float(prior ? __ldg(coords_h + j) : 0u));
   };
-  // v (f32 logit, or double for the canonical one) + key bias + distance prior, in one order.
-  auto finish = [&](auto v, int j) {
-    if (bias_h) v += __ldg(bias_h + j);
-    if (prior && j >= np) v += prior_of(__ldg(coords_h + j));
+  auto finish = [&](auto v, float2 terms) {
+    if (bias_h) v += terms.x;
+    if (prior) v += prior_of(__float_as_uint(terms.y));
     return v;
   };
 
@@ -374,9 +434,24 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   if (warp == 0) {  // debug output: add back q . c, the row's shift by the centring
     float row_const = 0.f;
     if (split && logits_out) {
-      const float* q = p.q_feat + row * p.width;
+      const bool given = p.given_heads && p.given_heads[h];
       const float* c = p.center + bh * p.width;
-      for (int d = lane; d < p.width; d += 32) row_const = fmaf(q[d], c[d], row_const);
+      with_planes(p.width / p.head_dim, [&](auto planes) {
+        constexpr int kPlanes = decltype(planes)::value;
+        constexpr FeatureKind kQ = query_kind_of(kPlanes);
+        for (int d = 4 * lane; d < p.head_dim; d += 128) {
+          float4 qf[4];
+          const Stats4 st = load_stats4(given ? p.q_given : p.q_stats, row * p.head_dim + d,
+                                        uses_extrema(kQ));
+          features4<kQ>(p.q_feature_scale, make_float4(0.f, 0.f, 0.f, 0.f), st, qf);
+#pragma unroll
+          for (int k = 0; k < kPlanes; ++k) {
+            const float4 ck = ld4(c + k * p.head_dim + d);
+            row_const = fmaf(qf[k].x, ck.x, fmaf(qf[k].y, ck.y, row_const));
+            row_const = fmaf(qf[k].z, ck.z, fmaf(qf[k].w, ck.w, row_const));
+          }
+        }
+      });
       row_const = warp_sum(row_const);
     }
     if (lane == 0) s_bcast[2] = __float_as_uint(row_const);
@@ -386,7 +461,6 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
 
   // 1. Finish the row (as `finish`), instantiated per (FP16x3, prior, key bias) so that the loop
   // over every tile of every row carries no per-tile branches on them.
-  const float* raw = p.logits + (bh * p.logits_rows + i) * p.logits_stride;
   float vmax = -INFINITY, vmin = INFINITY;
   int candidates = 0;
   int bad = 0;  // a NaN or +inf logit of an existing pair (the finish loop sets 1)
@@ -421,9 +495,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
         if (j >= n) break;
         float v = kSplit ? r[u] * q_scale * ks[u] : r[u];
         if constexpr (kBias) v += kb[u];
-        if constexpr (kPrior) {
-          if (j >= np) v += prior_of(kc[u]);
-        }
+        if constexpr (kPrior) v += prior_of(kc[u]);
         if (!(v < INFINITY)) bad = 1;  // NaN or +inf
         vs[u] = v;
         const bool candidate = !forced(j) && v != -INFINITY;
@@ -556,24 +628,29 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     __syncthreads();
     const float tau = key_value(s_bcast[0]);
 
-    // 3. A -> +inf; U -> s_sub (ascending), then r; other listed candidates -> -inf.
-    int n_a = 0, n_u = 0;
-    for (int m0 = 0; m0 < listed; m0 += kTopkThreads) {
-      const int m = m0 + tid;
-      const int j = m < listed ? s_list[m] : 0;
-      const float v = m < listed ? s_v[j] : -INFINITY;
-      const bool in_a = v != -INFINITY && v - two_e > tau;
-      const bool in_u = v != -INFINITY && !in_a && v + two_e >= tau;
-      n_a += in_a;
-      n_u = block_append(s_sub, n_u, in_u, j, s_scan);
-      if (v != -INFINITY) s_v[j] = in_a ? INFINITY : in_u ? v : -INFINITY;
+    // 3. A -> +inf; U -> s_sub (ascending), then r; other listed candidates -> -inf. The list
+    // is short (about take entries): warp 0 walks it with ballots, no CTA barriers.
+    if (warp == 0) {
+      int n_a = 0, n_u = 0;
+      for (int m0 = 0; m0 < listed; m0 += 32) {
+        const int m = m0 + lane;
+        const int j = m < listed ? s_list[m] : 0;
+        const float v = m < listed ? s_v[j] : -INFINITY;
+        const bool in_a = v != -INFINITY && v - two_e > tau;
+        const bool in_u = v != -INFINITY && !in_a && v + two_e >= tau;
+        n_a += __popc(__ballot_sync(kFullMask, in_a));
+        const unsigned u_mask = __ballot_sync(kFullMask, in_u);
+        if (in_u) s_sub[n_u + __popc(u_mask & lanes_below(lane))] = uint16_t(j);
+        n_u += __popc(u_mask);
+        if (v != -INFINITY) s_v[j] = in_a ? INFINITY : in_u ? v : -INFINITY;
+      }
+      if (lane == 0) s_red_i[0][0] = n_a, s_red_i[1][0] = n_u;
     }
-    n_a = int(__reduce_add_sync(kFullMask, unsigned(n_a)));
-    if (lane == 0) s_red_i[0][warp] = n_a;
-    __syncthreads();  // also: the s_v updates and the U list before the rescoring
-    n_a = 0;
-    for (int w = 0; w < kTopkWarps; ++w) n_a += s_red_i[0][w];
-    rescore(p, bh, i, s_sub, n_u, s_v, finish, warp, lane);
+    __syncthreads();  // the s_v updates and the U list before the rescoring
+    const int n_a = s_red_i[0][0], n_u = s_red_i[1][0];
+    with_planes(p.width / p.head_dim, [&](auto planes) {
+      rescore<decltype(planes)::value>(p, bh, h, i, s_sub, n_u, s_v, key_terms, finish, warp, lane);
+    });
     __syncthreads();
     if (p.rescored && tid == 0) atomicAdd(p.rescored, static_cast<unsigned long long>(n_u));
     // need in [1, n_u]: A lies above tau, the take-th largest v, and A + U holds every v >= tau.
@@ -591,28 +668,30 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
         const bool tie = m < n_u && key == kth;
         const unsigned mt = __ballot_sync(kFullMask, tie);
         if (m < n_u)
-          s_v[j] = key > kth || (tie && seen + __popc(mt & ((1u << lane) - 1u)) < ties) ? INFINITY
-                                                                                      : -INFINITY;
+          s_v[j] = key > kth || (tie && seen + __popc(mt & lanes_below(lane)) < ties) ? INFINITY
+                                                                                    : -INFINITY;
         seen += __popc(mt);
       }
+      __syncwarp();
     }
   }
-  __syncthreads();
 
-  // 4. Ascending output from the list.
+  // 4. Ascending output from the list, by warp 0 (the lists are visible to it: a barrier or,
+  // after its own tie walk, __syncwarp).
+  if (warp != 0) return;
   int count = 0;
-  for (int m0 = 0; m0 < listed; m0 += kTopkThreads) {
-    const int m = m0 + tid;
+  for (int m0 = 0; m0 < listed; m0 += 32) {
+    const int m = m0 + lane;
     const int j = m < listed ? s_list[m] : 0;
     const bool in = m < listed && (forced(j) || s_v[j] >= keep_from);
-    unsigned total;
-    const int at = count + int(block_scan(in ? 1u : 0u, s_scan, total)) - 1;
+    const unsigned in_mask = __ballot_sync(kFullMask, in);
+    const int at = count + __popc(in_mask & lanes_below(lane));
     if (in && at < p.max_k) out[at] = j;
-    count += int(total);
+    count += __popc(in_mask);
   }
   count = min(count, p.max_k);
-  for (int j = count + tid; j < p.max_k; j += kTopkThreads) out[j] = -1;
-  if (tid == 0) p.counts[row] = count;
+  for (int j = count + lane; j < p.max_k; j += 32) out[j] = -1;
+  if (lane == 0) p.counts[row] = count;
 }
 
 }  // namespace veda::cuda::sel
