@@ -72,9 +72,11 @@ TEST(EvalTest, ProfileAddsVedaAndPerHeadOracle) {
   EXPECT_GT(mean_rows["veda"].recall, mean_rows["mean"].recall);
   EXPECT_NEAR(mean_rows["veda"].actual_density, 0.1, 0.03);
   // Per-head rows name the profile's shapes.
-  for (const EvalRow& r : *rows)
-    if (r.method == "veda" && r.head >= 0)
+  for (const EvalRow& r : *rows) {
+    if (r.method == "veda" && r.head >= 0) {
       EXPECT_EQ(r.tile, c.profile.layers[0].heads[r.head].tile.str());
+    }
+  }
 }
 
 TEST(EvalTest, RejectsAProfileForAnotherLayerOrHeadCount) {
