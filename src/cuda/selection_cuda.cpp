@@ -64,7 +64,7 @@ struct GpuSelector::Impl {
   bool fp16 = false;     // GpuScorePrecision::kF16x3
 
   DeviceBuffer slot_token, valid, info, key_bias, distance, key_coords, head_weights;
-  std::array<int, 3> prior_extent{};  // with a distance prior: past every head's tile coordinate
+  int prior_entries = 0;  // with a distance prior: the largest prior table of a head
 
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;
@@ -422,19 +422,17 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
           for (int bin = 0; bin < kDistanceBins; ++bin)
             distance.push_back(float(p.distance[axis][bin]));
       }
-      // Each key tile's two entries in the top-k rows' prior table (TopkParams::key_coords).
-      for (int h = 0; h < heads; ++h) {
-        const auto axis = layouts.head(h).tiles_per_axis();
-        for (int a = 0; a < 3; ++a) im.prior_extent[a] = std::max(im.prior_extent[a], axis[a]);
-      }
-      const std::array<int, 3>& e = im.prior_extent;
-      if (sel::prior_table_entries(e.data()) > 65535)
-        return unsupported(fmt::format("GpuSelector: up to {}x{}x{} video tiles; the distance "
-                                       "prior takes at most 65534 (t, h) pairs and w tiles",
-                                       e[0], e[1], e[2]));
+      // Each key tile's two entries in its head's prior table (TopkParams::key_coords).
       key_coords.assign(size_t(heads) * T, 0u);
       for (int h = 0; h < heads; ++h) {
         const TileLayout& layout = layouts.head(h);
+        const auto e = layout.tiles_per_axis();
+        std::copy(e.begin(), e.end(), info[h].prior_extent);
+        im.prior_entries = std::max(im.prior_entries, sel::prior_table_entries(e.data()));
+        if (sel::prior_table_entries(e.data()) > 65535)
+          return unsupported(fmt::format("GpuSelector: {}x{}x{} video tiles; the distance prior "
+                                         "takes at most 65534 (t, h) pairs and w tiles",
+                                         e[0], e[1], e[2]));
         for (int j = layout.num_prefix_tiles(); j < layout.num_tiles(); ++j) {
           const auto c = layout.tile_coords(j);
           key_coords[size_t(h) * T + j] =
@@ -446,8 +444,7 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   }
   im.q_kind = sel::query_kind_of(im.width_factor), im.k_kind = sel::key_kind_of(im.width_factor);
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
-  const int prior_entries = distance.empty() ? 0 : sel::prior_table_entries(im.prior_extent.data());
-  if (sel::topk_smem_per_row(T, prior_entries) == 0)
+  if (sel::topk_smem_per_row(T, im.prior_entries) == 0)
     return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
                                    "shared memory", T));
   // B_h of the top-k error bound: the largest |key bias| plus the largest |prior| (each axis' largest
@@ -605,7 +602,7 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   tp.key_bias = key_bias.as<float>();
   tp.distance = distance.as<float>();
   tp.key_coords = key_coords.as<uint32_t>();
-  for (int a = 0; a < 3; ++a) tp.prior_extent[a] = prior_extent[a];
+  tp.prior_entries = prior_entries;
   tp.force_prefix = config.force_prefix, tp.force_self = config.force_self;
   tp.max_k = max_k;
   tp.counts = counts, tp.indices = indices;

@@ -61,8 +61,7 @@ size_t topk_smem_per_row(int max_tiles, int prior_entries) {
 }
 
 cudaError_t launch_topk(const TopkParams& p, int batch, cudaStream_t stream) {
-  const int prior_entries = p.distance ? prior_table_entries(p.prior_extent) : 0;
-  const size_t smem = topk_smem_per_row(p.max_tiles, prior_entries);
+  const size_t smem = topk_smem_per_row(p.max_tiles, p.distance ? p.prior_entries : 0);
   if (smem == 0) return cudaErrorInvalidValue;
   if (smem > 48 * 1024) {
     const cudaError_t err =

@@ -97,6 +97,7 @@ struct HeadSelectInfo {
   int num_prefix;   // prefix tiles
   int budget;       // clamp(round(density * n), 1, n)
   float bias_abs;   // >= |key bias| + |distance prior| of any key tile (the error bound's B_h)
+  int prior_extent[3];  // with a distance prior: the head's video tiles along t, h, w
 };
 
 inline constexpr int kDistanceTableSize = 3 * 11;  // [axis][bin], EstimatorParams::distance
@@ -110,10 +111,10 @@ struct TopkParams {
   const float* key_bias;          // [H][T] or null
   const float* distance;          // [H][kDistanceTableSize] or null
   // [H][T] with distance: a video key tile's two entries in the row's prior table (topk
-  // kernel), (1 + t E_h + h) << 16 | (1 + E_t E_h + w) with E = prior_extent; 0 for a prefix
-  // tile (entry 0 holds 0: no prior).
+  // kernel), (1 + t E_h + h) << 16 | (1 + E_t E_h + w) with E = the head's prior_extent
+  // (HeadSelectInfo); 0 for a prefix tile (entry 0 holds 0: no prior).
   const uint32_t* key_coords;
-  int prior_extent[3];            // with distance: > every head's video tile coordinate per axis
+  int prior_entries;              // with distance: the largest prior_table_entries of a head
   bool force_prefix, force_self;
   int max_k;
   int32_t* counts;                // [B, H, T]
@@ -144,7 +145,8 @@ cudaError_t launch_gather_stats(const GatherStatsLaunch& launch, Elem elem, int 
 // center[b, h] = mean k features of a few evenly spaced tiles of head h (p: the k tensor).
 cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info, float* center,
                           Elem elem, int batch, cudaStream_t stream);
-// Entries of a row's distance prior table: the zero entry, the (t, h) table, the w table.
+// Entries of a row's distance prior table for a head with video tiles `extent` (t, h, w): the
+// zero entry, the (t, h) table, the w table.
 inline int prior_table_entries(const int extent[3]) {
   return 1 + extent[0] * extent[1] + extent[2];
 }

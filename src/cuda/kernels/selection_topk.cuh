@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   const float* bias_h = p.key_bias ? p.key_bias + int64_t(h) * T : nullptr;
   const uint32_t* coords_h = p.key_coords + int64_t(h) * T;
   if (prior) {  // this row's prior term per key tile (t, h) and w coordinate
-    const int e_t = p.prior_extent[0], e_h = p.prior_extent[1], e_w = p.prior_extent[2];
+    const int e_t = info.prior_extent[0], e_h = info.prior_extent[1], e_w = info.prior_extent[2];
     const uint32_t qc = coords_h[i];  // the query tile's entries
     const int q_th = int(qc >> 16) - 1, q_w = int(qc & 0xffffu) - 1 - e_t * e_h;
     const int q_t = q_th / e_h, q_h = q_th % e_h;
