@@ -95,7 +95,8 @@ struct GpuSelectStageTimes {
 // compute_tile_stats but for the sign of a zero mean and NaN in max / min). Heads with
 // heads[h] == 0 are computed from the tile-order inputs as usual; the given heads' tile-order
 // rows are not read. q_max and q_min may be null when the selector's reads_query_extrema() is
-// false (a producer then need not compute them).
+// false (a producer then need not compute them). Buffers are 16-byte aligned, and are read until
+// the select's last kernel (the top-k rescores boundary tiles from them).
 struct GpuTileStatsInput {
   const float* q_mean = nullptr;
   const float* q_max = nullptr;
@@ -112,7 +113,7 @@ class GpuSelector {
  public:
   // Errors: selection mode kMass (unsupported on the GPU), bad densities, estimator size mismatch
   // or non-finite parameters, non-positive scale, more tiles per head than the top-k kernel's
-  // shared memory holds (about 28,000), no CUDA device.
+  // shared memory holds (about 28,000; fewer with a large distance-prior table), no CUDA device.
   static Result<GpuSelector> make(const HeadLayouts& layouts, const SelectionConfig& config,
                                   const GpuSelectorOptions& options);
   GpuSelector();

@@ -287,15 +287,18 @@ struct GpuSelector::Impl {
     if (int(given.heads.size()) != heads)
       return invalid_argument(fmt::format("GpuSelector::select_tiled: given statistics mark {} "
                                           "heads for {} heads", given.heads.size(), heads));
-    const bool extrema[2] = {needs_extrema(q_kind), needs_extrema(k_kind)};
     const float* bufs[6] = {given.q_mean, given.q_max, given.q_min,
                             given.k_mean, given.k_max, given.k_min};
-    for (int t = 0; t < 6; ++t)
-      if (!bufs[t] && (t % 3 == 0 || extrema[t / 3]))
+    for (int t = 0; t < 6; ++t) {
+      const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
+      if (!bufs[t] && !((t == 1 || t == 2) && !needs_extrema(q_kind)))
         return invalid_argument(fmt::format(
-            "GpuSelector::select_tiled: the given {} {} is null (only q max and min may be, where "
-            "reads_query_extrema() is false)", t < 3 ? "q" : "k",
-            t % 3 == 0 ? "mean" : t % 3 == 1 ? "max" : "min"));
+            "GpuSelector::select_tiled: the given {} is null (only q max and min may be, where "
+            "reads_query_extrema() is false)", what[t]));
+      if ((reinterpret_cast<uintptr_t>(bufs[t]) & 15) != 0)
+        return invalid_argument(fmt::format(
+            "GpuSelector::select_tiled: the given {} is not 16-byte aligned", what[t]));
+    }
     if (given.heads != given_heads_host) {
       VEDA_ASSIGN_OR_RETURN(given_heads, upload_to_device(given.heads));
       given_heads_host = given.heads;
@@ -445,8 +448,9 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
   im.q_kind = sel::query_kind_of(im.width_factor), im.k_kind = sel::key_kind_of(im.width_factor);
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
   if (sel::topk_smem_per_row(T, im.prior_entries) == 0)
-    return unsupported(fmt::format("GpuSelector: {} tiles per head exceed the top-k kernel's "
-                                   "shared memory", T));
+    return unsupported(fmt::format("GpuSelector: {} tiles per head (and a distance prior table "
+                                   "of {} entries) exceed the top-k kernel's shared memory", T,
+                                   im.prior_entries));
   // B_h of the top-k error bound: the largest |key bias| plus the largest |prior| (each axis' largest
   // |bin|), rounded up past the f32 sum of the three prior terms.
   for (int h = 0; h < heads; ++h) {

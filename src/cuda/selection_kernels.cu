@@ -55,7 +55,7 @@ cudaError_t launch_center(const GatherStatsParams& p, const HeadSelectInfo* info
 }
 
 size_t topk_smem_per_row(int max_tiles, int prior_entries) {
-  // histogram, values f32, two uint16 lists, the row's prior per axis coordinate
+  // histogram, values f32, two uint16 lists, the row's distance prior table
   const size_t bytes = (2 * size_t(max_tiles) + kTopkBins + size_t(prior_entries)) * sizeof(float);
   return bytes <= kTopkSmemLimit && max_tiles <= 65535 ? bytes : 0;
 }

@@ -700,6 +700,10 @@ TEST(SelectionGpu, RejectsUnsupported) {
   EXPECT_EQ(select_given().code(), ErrorCode::kInvalidArgument);  // one mark for two heads
   given.heads = {1, 0};
   EXPECT_EQ(select_given().code(), ErrorCode::kInvalidArgument);  // null buffers
+  const float* stat = out->as<float>();
+  given.q_mean = given.q_max = given.q_min = given.k_mean = given.k_max = given.k_min = stat;
+  given.k_min = stat + 1;  // 4-byte aligned only
+  EXPECT_EQ(select_given().code(), ErrorCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -207,29 +207,41 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
     EXPECT_TRUE(after == before[s]) << "statistic " << s << " changed without query extrema";
   }
 
-  // The selector with the producer's statistics selects what it selects from the rows alone.
+  // The selector with the producer's statistics selects what it selects from the rows alone:
+  // stats scoring (the query means only) and the estimator with every term (four feature planes,
+  // the query extrema), neither keeping its statistics, so that the boundary rescoring of the
+  // given heads reads the producer's buffers.
+  ProducerTables::set_statistics(p, stats, true);
+  ASSERT_EQ(dit_cuda::tile_producer(p, B, nullptr), cudaSuccess);
   SelectionConfig config;
   config.density = 0.2;
-  GpuSelectorOptions so;
-  so.scale = 1.f / std::sqrt(float(D));
-  auto selector = GpuSelector::make(*layouts, config, so);
-  ASSERT_TRUE(selector.is_ok()) << selector.status().to_string();
-  const size_t rows = size_t(B) * H * T, max_k = size_t(selector->max_k());
-  std::vector<int32_t> counts[2], indices[2];
-  for (int run = 0; run < 2; ++run) {
-    DeviceBuffer dc = DeviceBuffer::allocate(rows * 4).value();
-    DeviceBuffer di = DeviceBuffer::allocate(rows * max_k * 4).value();
-    ASSERT_FALSE(selector->reads_query_extrema());  // stats scoring: q features are the means
-    const GpuTileStatsInput given = tables->given(stats, false);
-    const Status st = selector->select_tiled(ddst[0].data(), ddst[1].data(), DType::kBF16, B, D,
-                                             dc.as<int32_t>(), di.as<int32_t>(), nullptr, nullptr,
-                                             run == 1 ? &given : nullptr);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-    counts[run].resize(rows), indices[run].resize(rows * max_k);
-    ASSERT_TRUE(copy_to_host(counts[run].data(), dc.data(), rows * 4).is_ok());
-    ASSERT_TRUE(copy_to_host(indices[run].data(), di.data(), rows * max_k * 4).is_ok());
+  for (const bool estimator : {false, true}) {
+    GpuSelectorOptions so;
+    so.scale = 1.f / std::sqrt(float(D));
+    if (estimator) {
+      so.method = GpuScoreMethod::kEstimator;
+      so.estimator.assign(size_t(H), EstimatorParams::every_term(true));
+    }
+    auto selector = GpuSelector::make(*layouts, config, so);
+    ASSERT_TRUE(selector.is_ok()) << selector.status().to_string();
+    EXPECT_EQ(selector->reads_query_extrema(), estimator);
+    const GpuTileStatsInput given = tables->given(stats, selector->reads_query_extrema());
+    const size_t rows = size_t(B) * H * T, max_k = size_t(selector->max_k());
+    std::vector<int32_t> counts[2], indices[2];
+    for (int run = 0; run < 2; ++run) {
+      DeviceBuffer dc = DeviceBuffer::allocate(rows * 4).value();
+      DeviceBuffer di = DeviceBuffer::allocate(rows * max_k * 4).value();
+      const Status st = selector->select_tiled(ddst[0].data(), ddst[1].data(), DType::kBF16, B, D,
+                                               dc.as<int32_t>(), di.as<int32_t>(), nullptr,
+                                               nullptr, run == 1 ? &given : nullptr);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      counts[run].resize(rows), indices[run].resize(rows * max_k);
+      ASSERT_TRUE(copy_to_host(counts[run].data(), dc.data(), rows * 4).is_ok());
+      ASSERT_TRUE(copy_to_host(indices[run].data(), di.data(), rows * max_k * 4).is_ok());
+    }
+    EXPECT_TRUE(counts[0] == counts[1] && indices[0] == indices[1])
+        << (estimator ? "estimator" : "stats") << ": the given statistics change the mask";
   }
-  EXPECT_TRUE(counts[0] == counts[1] && indices[0] == indices[1]);
 }
 
 // Bad parameters are refused before any launch (so this runs without a GPU too).

@@ -17,7 +17,8 @@
 // Layout: x [B, H, rows, D]; x_tiled [B, H, max_tiles * volume, D] (padding slots written 0);
 // stats [B, H, max_tiles, D] f32; features [B, H, max_tiles, width] f32 or
 // [B, H, split_rows, 3 * width] fp16 (see GatherStatsParams).
-// Tiles with no valid token (past the head's own tiles) get zero rows, statistics and features.
+// Tiles with no valid token (past the head's own tiles) get zero rows and features, and zero
+// statistics where statistics are written.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
