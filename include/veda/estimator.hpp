@@ -38,6 +38,7 @@ struct EstimatorParams {
   // The parameters the fit moves, in a fixed order (the stat weights, prefix_bias, then the
   // distance bins 1.. of t, h, w).
   static constexpr int kNumFree = kNumStatFeatures + 1 + 3 * (kDistanceBins - 1);
+  static constexpr int kQueryUpperIndex = 3;  // query_upper's place in to_vector()
   std::array<double, kNumFree> to_vector() const;
   static EstimatorParams from_vector(const std::array<double, kNumFree>& v);
   // Every value finite.

@@ -359,7 +359,7 @@ Result<FitReport> fit_estimator(const EstimatorFitData& data, const FitOptions& 
   double weight_sum = 0;
   for (int64_t r = 0; r < data.rows(); ++r) weight_sum += access.row_weight(r);
   const std::array<double, kFree> prior = EstimatorParams{}.to_vector();
-  constexpr int kQueryUpper = 3;  // to_vector's index
+  constexpr int kQueryUpper = EstimatorParams::kQueryUpperIndex;  // held at 0 unless fitted
   auto objective = [&](const std::array<double, kFree>& theta, bool derivatives) {
     EstimatorFitAccess::Accumulator acc = access.evaluate(theta, derivatives);
     acc.loss /= weight_sum;

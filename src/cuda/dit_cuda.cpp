@@ -346,10 +346,9 @@ struct AttentionPlan {
   int64_t padded = 0;  // tile order rows per (b, h)
   int max_tiles = 0, max_k = 0;
   DeviceBuffer tile_valid;
-  ProducerTables producer;  // token -> slot maps; which heads get their statistics from the producer
+  ProducerTables producer;  // token -> slot maps; the heads whose statistics the producer gives
   GpuTileStatsInput given;  // veda mode: the producer's statistics in ForwardBuffers::tile_stats
   GpuSelector selector;     // veda mode
-  bool query_extrema = false;  // veda mode: the selector reads the query maxima and minima
 };
 
 // Device buffers for one (batch, grid, text length, tile shape, attention mode, profile).
@@ -594,10 +593,8 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
   VEDA_ASSIGN_OR_RETURN(fb->rope, upload_to_device(rope));
   if (veda) {
     bool query_extrema = false;
-    for (AttentionPlan& plan : fb->plans) {
-      plan.query_extrema = plan.selector.reads_query_extrema();
-      query_extrema |= plan.query_extrema;
-    }
+    for (const AttentionPlan& plan : fb->plans)
+      query_extrema |= plan.selector.reads_query_extrema();
     float* stats[6];
     for (int i = 0; i < 6; ++i) {
       if (i == 0 || i >= 3 || query_extrema)
@@ -605,7 +602,7 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
       stats[i] = fb->tile_stats[i].as<float>();
     }
     for (AttentionPlan& plan : fb->plans)
-      plan.given = plan.producer.given(stats, plan.query_extrema);
+      plan.given = plan.producer.given(stats, plan.selector.reads_query_extrema());
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_counts, size_t(batch * H * mask_rows) * 4));
     VEDA_RETURN_IF_ERROR(alloc(fb->mask_indices, size_t(batch * H * mask_rows * mask_width) * 4));
   }
@@ -648,7 +645,8 @@ Status WanCudaModel::Impl::self_attention(ForwardBuffers& fb, const DevBlock& bl
   tp.t[2] = {fb.v.data(), fb.v_tiled.data(), nullptr, false};
   tp.tensors = 3;
   plan.producer.set_layout(tp);
-  ProducerTables::set_statistics(tp, veda ? stats : nullptr, plan.query_extrema);
+  ProducerTables::set_statistics(tp, veda ? stats : nullptr,
+                                 plan.selector.reads_query_extrema());
   tp.head_dim = D, tp.eps = c.eps;
   tp.rope = reinterpret_cast<const float2*>(fb.rope.as<float>());
   VEDA_RETURN_IF_ERROR(timer.mark(kOther));

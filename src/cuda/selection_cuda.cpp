@@ -60,7 +60,8 @@ struct GpuSelector::Impl {
   int heads = 0, max_tiles = 0, volume = 0, max_k = 0;
   int64_t tokens = 0;
   int width_factor = 1;  // feature width = width_factor * head_dim (feature planes)
-  sel::FeatureKind q_kind = sel::FeatureKind::kQMean, k_kind = sel::FeatureKind::kKMean;
+  sel::FeatureKind q_kind() const { return sel::query_kind_of(width_factor); }
+  sel::FeatureKind k_kind() const { return sel::key_kind_of(width_factor); }
   bool fp16 = false;     // GpuScorePrecision::kF16x3
 
   DeviceBuffer slot_token, valid, info, key_bias, distance, key_coords, head_weights;
@@ -127,7 +128,7 @@ struct GpuSelector::Impl {
     VEDA_RETURN_IF_ERROR(
         alloc(logits, gemm_rows_all * logits_stride(max_tiles, fp16) * sizeof(float)));
     for (int t = 0; t < 6; ++t)
-      if (t % 3 == 0 || needs_extrema(t < 3 ? q_kind : k_kind))
+      if (t % 3 == 0 || needs_extrema(t < 3 ? q_kind() : k_kind()))
         VEDA_RETURN_IF_ERROR(alloc(stats[t], rows * d * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(q_norm, rows * sizeof(float)));
     VEDA_RETURN_IF_ERROR(alloc(k_norm_max, head_rows * sizeof(unsigned)));
@@ -291,7 +292,7 @@ struct GpuSelector::Impl {
                             given.k_mean, given.k_max, given.k_min};
     for (int t = 0; t < 6; ++t) {
       const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
-      if (!bufs[t] && !((t == 1 || t == 2) && !needs_extrema(q_kind)))
+      if (!bufs[t] && !((t == 1 || t == 2) && !needs_extrema(q_kind())))
         return invalid_argument(fmt::format(
             "GpuSelector::select_tiled: the given {} is null (only q max and min may be, where "
             "reads_query_extrema() is false)", what[t]));
@@ -316,7 +317,7 @@ int GpuSelector::max_k() const { return impl_ ? impl_->max_k : 0; }
 int GpuSelector::max_tiles() const { return impl_ ? impl_->max_tiles : 0; }
 int GpuSelector::heads() const { return impl_ ? impl_->heads : 0; }
 bool GpuSelector::reads_query_extrema() const {
-  return impl_ && impl_->needs_extrema(impl_->q_kind);
+  return impl_ && impl_->needs_extrema(impl_->q_kind());
 }
 
 Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const SelectionConfig& config,
@@ -445,7 +446,6 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
       break;
     }
   }
-  im.q_kind = sel::query_kind_of(im.width_factor), im.k_kind = sel::key_kind_of(im.width_factor);
   static_assert(sel::kDistanceTableSize == 3 * kDistanceBins);
   if (sel::topk_smem_per_row(T, im.prior_entries) == 0)
     return unsupported(fmt::format("GpuSelector: {} tiles per head (and a distance prior table "
@@ -562,8 +562,8 @@ Status GpuSelector::Impl::select(const void* q, const void* k, bool tile_order, 
   launch.tensors = 2;
   sel::GatherStatsParams& pq = launch.t[0];
   sel::GatherStatsParams& pk = launch.t[1];
-  pq = tensor_params(q, tile_order, head_dim, q_tiled, q_kind);
-  pk = tensor_params(k, tile_order, head_dim, k_tiled, k_kind);
+  pq = tensor_params(q, tile_order, head_dim, q_tiled, q_kind());
+  pk = tensor_params(k, tile_order, head_dim, k_tiled, k_kind());
   pq.features = q_feat.as<float>(), pk.features = k_feat.as<float>();  // null for kF16x3
   pq.norm = q_norm.as<float>(), pk.norm_max = k_norm_max.as<unsigned>();
   // Statistics out: every head not given (the rescoring reads them), and the given ones if kept.

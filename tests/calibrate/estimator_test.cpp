@@ -44,6 +44,7 @@ TEST(EstimatorTest, ParamsVectorRoundTrips) {
   std::array<double, EstimatorParams::kNumFree> v;
   for (double& x : v) x = normal(rng);
   EXPECT_EQ(EstimatorParams::from_vector(v).to_vector(), v);
+  EXPECT_EQ(EstimatorParams::from_vector(v).query_upper, v[EstimatorParams::kQueryUpperIndex]);
 }
 
 // Logits from known parameters (query_upper 0 unless fitted), softmax, fit: the parameters come

@@ -344,7 +344,8 @@ void run_and_compare(const Tensor& q, const Tensor& k, const HeadLayouts& layout
     ASSERT_TRUE(st3.is_ok()) << what << " (given statistics): " << st3.to_string();
     ASSERT_TRUE(copy_to_host(counts2.data(), dcounts->data(), counts2.size() * 4).is_ok());
     ASSERT_TRUE(copy_to_host(indices2.data(), dindices->data(), indices2.size() * 4).is_ok());
-    EXPECT_TRUE(counts2 == counts && indices2 == indices) << what << ": mask with given stats differs";
+    EXPECT_TRUE(counts2 == counts && indices2 == indices)
+        << what << ": mask with given stats differs";
   }
 
   // Gather alone (the v path) gives the same tiled copy.

@@ -49,7 +49,8 @@ class TileProducerGpu : public ::testing::TestWithParam<ProducerCase> {};
 TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
   const ProducerCase& pc = GetParam();
-  const uint64_t seed = uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+  const uint64_t seed =
+      uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
   SCOPED_TRACE(fmt::format("{} seed {}", pc.name, seed));
   std::mt19937_64 rng(seed);
   const int B = 2, H = int(pc.shapes.size()), D = pc.head_dim, width = H * D;
@@ -78,7 +79,8 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
   ASSERT_TRUE(tables.is_ok()) << tables.status().to_string();
   const std::vector<uint8_t>& stat_heads = tables->stat_heads_host;
   std::vector<int32_t> token_slot(size_t(H * N));
-  ASSERT_TRUE(copy_to_host(token_slot.data(), tables->token_slot.data(), token_slot.size() * 4).is_ok());
+  ASSERT_TRUE(
+      copy_to_host(token_slot.data(), tables->token_slot.data(), token_slot.size() * 4).is_ok());
   const TileLayout& ref = layouts->head(pc.ref_head);
   for (int h = 0; h < H; ++h) {
     EXPECT_EQ(stat_heads[size_t(h)], pc.shapes[size_t(h)] == pc.shapes[size_t(pc.ref_head)]);
@@ -136,7 +138,8 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
         for (float v : xf) ss += double(v) * v;
         const double rstd = 1.0 / std::sqrt(ss / width + eps);
         for (int h = 0; h < H; ++h) {
-          const float* row = o + ((int64_t(b) * H + h) * padded + token_slot[size_t(h * N + n)]) * D;
+          const float* row =
+              o + ((int64_t(b) * H + h) * padded + token_slot[size_t(h * N + n)]) * D;
           for (int d = 0; d < D; d += 2) {
             const int c = h * D + d;
             double y1 = xf[size_t(c)], y2 = xf[size_t(c + 1)];
@@ -151,7 +154,8 @@ TEST_P(TileProducerGpu, MatchesCpuAndGivesTheSelectorItsStatistics) {
               const double err = std::fabs(double(got) - want);
               const double tol = i < 2 ? std::ldexp(std::fabs(want), -8) + 1e-6 : 0.0;
               if (!(err <= tol)) ++bad;  // NaN (an unwritten slot) fails
-              if (i < 2 && std::isfinite(err)) worst = std::max(worst, err / (std::fabs(want) + 1e-6));
+              if (i < 2 && std::isfinite(err))
+                worst = std::max(worst, err / (std::fabs(want) + 1e-6));
             }
           }
         }

@@ -90,6 +90,12 @@ GpuSelectorOptions bench_selector_options(const std::string& method, int heads, 
   return so;
 }
 
+// The median of timed runs (the upper middle one of an even count).
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 // Median milliseconds of GpuSelector::select_tiled on the problem's q and k (tile order) at
 // `density`: the sum of its stage events (statistics, scoring, top-k).
 Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,
@@ -110,8 +116,7 @@ Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayou
     if (r >= warmup) ms.push_back(t.total_ms());
   }
   VEDA_RETURN_IF_ERROR(selector.check_numerics());
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return median(ms);
 }
 
 // The DiT's q/k producer on random token-major rows (bf16), its tile-order outputs and the
@@ -143,7 +148,8 @@ struct DitProducer {
     // (cos, sin) pairs: any values time the same as a rotation.
     const size_t rope = size_t(layouts.tokens()) * head_dim;
     VEDA_ASSIGN_OR_RETURN(d->rope, DeviceBuffer::allocate(rope * 4));
-    VEDA_RETURN_IF_ERROR(fill_device_uniform(d->rope.data(), DType::kF32, rope, seed + 4, -1.f, 1.f));
+    VEDA_RETURN_IF_ERROR(
+        fill_device_uniform(d->rope.data(), DType::kF32, rope, seed + 4, -1.f, 1.f));
     for (int i = 0; i < 6; ++i) {
       VEDA_ASSIGN_OR_RETURN(d->stats[i], DeviceBuffer::allocate(stat * 4));
       d->stats_ptr[i] = d->stats[i].as<float>();
@@ -219,10 +225,6 @@ Result<DitSelectionTimes> dit_selection_ms(DitProducer& d, int batch, int head_d
   for (auto& e : ev) cudaEventDestroy(e);
   VEDA_RETURN_IF_ERROR(st);
   VEDA_RETURN_IF_ERROR(selector.check_numerics());
-  auto median = [](std::vector<double>& v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   return DitSelectionTimes{median(plain), median(with_stats), median(cost), median(select),
                            {median(stages[0]), median(stages[1]), median(stages[2])}};
 }
@@ -326,9 +328,8 @@ Status run_bench(const BenchOptions& opt) {
     const std::string kernel = attention_cuda_kernel_name(params);
     VEDA_RETURN_IF_ERROR(pr.poison_outputs());
     VEDA_ASSIGN_OR_RETURN(auto times, time_attention_cuda(params, o.warmup, o.runs));
-    std::vector<float> sorted = times;
-    std::sort(sorted.begin(), sorted.end());
-    const double median = sorted[sorted.size() / 2], best = sorted.front();
+    const double median_ms = median(std::vector<double>(times.begin(), times.end()));
+    const double best = *std::min_element(times.begin(), times.end());
     const Flops flops = count_flops(pr, layouts, dense ? nullptr : &mask);
     const double actual_density = dense ? 1.0 : mask.density(layouts);
     std::string verdict = "-";
@@ -387,18 +388,22 @@ Status run_bench(const BenchOptions& opt) {
       }
       if (!st.is_ok()) fmt::print(stderr, "DiT selection not timed: {}\n", st.to_string());
     }
-    const double tf_actual = flops.actual / (median * 1e-3) / 1e12;
-    const double tf_dense = flops.dense / (median * 1e-3) / 1e12;
+    // A DiT selection figure for the JSON row, null where it was not timed.
+    const auto dit_json = [&](const auto& x) {
+      return dit_timed ? nlohmann::json(x) : nlohmann::json();
+    };
+    const double tf_actual = flops.actual / (median_ms * 1e-3) / 1e12;
+    const double tf_dense = flops.dense / (median_ms * 1e-3) / 1e12;
     table.rows.push_back({fmt::format("{}", o.batch), fmt::format("{}", o.heads), video_grid.str(),
                           tile_name,
                           fmt::format("{}", o.head_dim), o.dtype, dense ? "dense" : o.mask,
                           fmt::format("{:.4f}", actual_density), kernel,
-                          fmt::format("{:.3f}", median), fmt::format("{:.3f}", best),
+                          fmt::format("{:.3f}", median_ms), fmt::format("{:.3f}", best),
                           fmt::format("{:.1f}", tf_actual), fmt::format("{:.1f}", tf_dense),
                           select < 0 ? "-" : fmt::format("{:.3f}", select),
-                          select < 0 ? "-" : fmt::format("{:.1f}", 100.0 * select / median),
+                          select < 0 ? "-" : fmt::format("{:.1f}", 100.0 * select / median_ms),
                           dit_timed ? fmt::format("{:.3f}", dit.total()) : "-",
-                          dit_timed ? fmt::format("{:.1f}", 100.0 * dit.total() / median) : "-",
+                          dit_timed ? fmt::format("{:.1f}", 100.0 * dit.total() / median_ms) : "-",
                           verdict});
     rows.push_back({{"device", device},
                     {"batch", o.batch},
@@ -411,7 +416,7 @@ Status run_bench(const BenchOptions& opt) {
                     {"density_requested", density},
                     {"density", actual_density},
                     {"kernel", kernel},
-                    {"ms_median", median},
+                    {"ms_median", median_ms},
                     {"ms_min", best},
                     {"runs", o.runs},
                     {"flops_actual", flops.actual},
@@ -420,13 +425,12 @@ Status run_bench(const BenchOptions& opt) {
                     {"tflops_dense_equiv", tf_dense},
                     {"select_method", o.select_method},
                     {"select_ms", select < 0 ? nlohmann::json() : nlohmann::json(select)},
-                    {"dit_select_ms", dit_timed ? nlohmann::json(dit.total()) : nlohmann::json()},
-                    {"dit_producer_ms", dit_timed ? nlohmann::json(dit.producer) : nlohmann::json()},
-                    {"dit_producer_stats_ms",
-                     dit_timed ? nlohmann::json(dit.producer_stats) : nlohmann::json()},
-                    {"dit_stats_cost_ms", dit_timed ? nlohmann::json(dit.stats_cost) : nlohmann::json()},
-                    {"dit_select_given_ms", dit_timed ? nlohmann::json(dit.select) : nlohmann::json()},
-                    {"dit_select_stages_ms", dit_timed ? nlohmann::json(dit.stages) : nlohmann::json()},
+                    {"dit_select_ms", dit_json(dit.total())},
+                    {"dit_producer_ms", dit_json(dit.producer)},
+                    {"dit_producer_stats_ms", dit_json(dit.producer_stats)},
+                    {"dit_stats_cost_ms", dit_json(dit.stats_cost)},
+                    {"dit_select_given_ms", dit_json(dit.select)},
+                    {"dit_select_stages_ms", dit_json(dit.stages)},
                     {"verify", verdict},
                     {"checks", checks}});
     if (o.verify && verdict != "pass" && !o.json) fmt::print(stderr, "verification FAILED\n");
@@ -451,7 +455,8 @@ RunFn setup_bench_attention(CLI::App& sub) {
   sub.add_option("--grid", opt->grid, "video grid TxHxW")->capture_default_str();
   sub.add_option("--head-dim", opt->head_dim, "64 or 128")->capture_default_str();
   sub.add_option("--tile", opt->tile,
-                 "tile shape TxHxW (33-64 or 65-128 tokens: 64- or 128-slot tiles), or tokens: token order in 128-token blocks "
+                 "tile shape TxHxW (33-64 or 65-128 tokens: 64- or 128-slot tiles), or tokens: "
+                 "token order in 128-token blocks "
                  "(the DiT's dense layout)")
       ->capture_default_str();
   sub.add_option("--prefix", opt->prefix, "prefix tokens before the video tokens")

@@ -279,9 +279,9 @@ __global__ void __launch_bounds__(384, 1)
         mbar_arrive_expect_tx(bar, C::kStageBytes);
         const uint32_t dst = ring + at.stage * C::kStageBytes;
         const int row = cur.tile * p.tile_size + cur.sub * 64;
-#pragma unroll
         // K and V at normal L2 priority: with Q and O streaming past L2, evict_last on them
         // timed the same (0.99-1.01x, seventh session) and kept its priority after the kernel.
+#pragma unroll
         for (int cb = 0; cb < D / 64; ++cb) {
           tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, it.h, it.b, kL2EvictNormal);
           tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b,

@@ -121,7 +121,8 @@ __global__ void rms_rope_kernel(const __nv_bfloat16* x, __nv_bfloat16* dst, int6
     __nv_bfloat162 out;
     out.x = __float2bfloat16(x1);
     out.y = __float2bfloat16(x2);
-    const int64_t offset = head_major ? ((b * heads + h) * tokens + token) * head_dim + d : r * width + i;
+    const int64_t offset =
+        head_major ? ((b * heads + h) * tokens + token) * head_dim + d : r * width + i;
     *reinterpret_cast<__nv_bfloat162*>(dst + offset) = out;
   }
 }

@@ -11,10 +11,11 @@
 // token's slot in its head's own layout (`token_slot`, so heads may have different tile shapes).
 // For the heads whose layout is the reference one (`stat_heads`), the thread also keeps sum / max /
 // min of the rounded values of its 8 channels in registers, over the slots in order as
-// compute_tile_stats does, and writes mean (sum * (1 / valid)), max and min (where asked) at the end: bit for
-// bit what the selector's statistics pass computes from the output (it too starts the sums at 0
-// and max / min at -inf / +inf, so compute_tile_stats, which starts from slot 0, can differ in the
-// sign of a zero mean and in whether a NaN shows in max / min; a NaN always reaches the mean).
+// compute_tile_stats does, and writes mean (sum * (1 / valid)), max and min (where asked) at the
+// end: bit for bit what the selector's statistics pass computes from the output (it too starts the
+// sums at 0 and max / min at -inf / +inf, so compute_tile_stats, which starts from slot 0, can
+// differ in the sign of a zero mean and in whether a NaN shows in max / min; a NaN always reaches
+// the mean).
 // Every tile of a layout holds a token (valid > 0). The selector then takes these statistics
 // (GpuTileStatsInput) instead of reading q and k a second time.
 // Layout: x token-major [B * N, H * D] bf16; dst [B, H, dst_tokens, D] bf16 at row

@@ -38,7 +38,8 @@ template <int E>
 __device__ __forceinline__ void store_f32(float* dst, const float* v) {
 #pragma unroll
   for (int i = 0; i < E / 4; ++i)
-    reinterpret_cast<float4*>(dst)[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+    reinterpret_cast<float4*>(dst)[i] =
+        make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
 }
 
 template <int E>

@@ -27,9 +27,9 @@
 // Canonical logit r_j: the f32 feature rows' dot product q_i . k_j (uncentred; the rows
 // recomputed from the tile statistics, as the statistics kernel made the GEMM's) summed in double
 // in a fixed order (its nonzero products only, below; lane l takes channels 4l + 128t in order,
-// then a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not on the
-// precision, nor on which tiles a row rescores -- so both precisions choose the top-take tiles by
-// r, ties to the lower index.
+// then a shuffle tree), plus the biases, rounded once to f32. It depends on (i, j) alone -- not
+// on the precision, nor on which tiles a row rescores -- so both precisions choose the top-take
+// tiles by r, ties to the lower index.
 // Why e suffices: |v_j - r_j - s| <= e with s a per-row constant (q_i . c, the FP16x3 centring; 0
 // for f32). If v_j - 2e > tau, every m with r_m >= r_j has v_m > tau, and fewer than take tiles
 // do, so j is in; if v_j + 2e < tau, r_j - s < tau - e <= r_m - s for the take tiles m with
@@ -55,7 +55,8 @@
 //    rounding (2^-24 |q| K_f), the canonical logit's double sum and its rounding to f32
 //    (2^-24 (|q| K_u + B_h)), and the f32 rounding of v -+ 2e in the comparisons.
 // On structured inputs a few tiles a row fall within 2e of tau.
-// Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T], indices [B, H, T, max_k].
+// Layout: logits [B, H, logits_rows, logits_stride] f32, counts [B, H, T],
+// indices [B, H, T, max_k].
 // Shared memory per row: histogram [256] int32, values [T] f32, two lists [T] uint16, the row's
 // distance prior per key tile (t, h) and w coordinate.
 // The kernel is bound by its rows' latency (16 an SM, by shared memory and registers), not by
@@ -131,6 +132,11 @@ __device__ __forceinline__ double dot4(float4 a, float4 b, double acc) {
   return fma(double(a.w), double(b.w), acc);
 }
 
+// Head h's statistics of q (query) or k for the rescoring: the producer's where it gives them.
+__device__ __forceinline__ TileStatsView head_stats(const TopkParams& p, int h, bool query) {
+  const bool given = p.given_heads && p.given_heads[h];
+  return query ? (given ? p.q_given : p.q_stats) : (given ? p.k_given : p.k_stats);
+}
 // Statistics of 4 channels of a tile (max / min zero where the features do not read them).
 struct Stats4 {
   float4 mean, hi, lo;
@@ -168,8 +174,7 @@ __device__ void rescore(const TopkParams& p, int64_t bh, int h, int i, const uin
                         int warp, int lane) {
   constexpr FeatureKind kQ = query_kind_of(kPlanes), kK = key_kind_of(kPlanes);
   const int D = p.head_dim;
-  const bool given = p.given_heads && p.given_heads[h];
-  const TileStatsView qv = given ? p.q_given : p.q_stats, kv = given ? p.k_given : p.k_stats;
+  const TileStatsView qv = head_stats(p, h, true), kv = head_stats(p, h, false);
   const int64_t q_at = (bh * p.max_tiles + i) * D, k_at = bh * p.max_tiles * D;
   const float4 w = kPlanes > 1 ? ld4(p.head_weights + 4 * h) : make_float4(0.f, 0.f, 0.f, 0.f);
   const float qs = p.q_feature_scale;
@@ -357,7 +362,8 @@ __device__ __forceinline__ void with_flag(bool flag, const K& k) {
     k(std::false_type{});
 }
 
-__global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(const __grid_constant__ TopkParams p) {
+__global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm)
+    topk_kernel(const __grid_constant__ TopkParams p) {
   extern __shared__ float s_row[];
   __shared__ unsigned s_scan[kTopkWarps];   // block_scan's per-warp sums
   __shared__ float s_red_f[2][kTopkWarps];  // per-warp max / min
@@ -434,14 +440,13 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
   if (warp == 0) {  // debug output: add back q . c, the row's shift by the centring
     float row_const = 0.f;
     if (split && logits_out) {
-      const bool given = p.given_heads && p.given_heads[h];
       const float* c = p.center + bh * p.width;
       with_planes(p.width / p.head_dim, [&](auto planes) {
         constexpr int kPlanes = decltype(planes)::value;
         constexpr FeatureKind kQ = query_kind_of(kPlanes);
         for (int d = 4 * lane; d < p.head_dim; d += 128) {
           float4 qf[4];
-          const Stats4 st = load_stats4(given ? p.q_given : p.q_stats, row * p.head_dim + d,
+          const Stats4 st = load_stats4(head_stats(p, h, true), row * p.head_dim + d,
                                         uses_extrema(kQ));
           features4<kQ>(p.q_feature_scale, make_float4(0.f, 0.f, 0.f, 0.f), st, qf);
 #pragma unroll
@@ -649,7 +654,8 @@ __global__ void __launch_bounds__(kTopkThreads, kTopkCtasPerSm) topk_kernel(cons
     __syncthreads();  // the s_v updates and the U list before the rescoring
     const int n_a = s_red_i[0][0], n_u = s_red_i[1][0];
     with_planes(p.width / p.head_dim, [&](auto planes) {
-      rescore<decltype(planes)::value>(p, bh, h, i, s_sub, n_u, s_v, key_terms, finish, warp, lane);
+      rescore<decltype(planes)::value>(p, bh, h, i, s_sub, n_u, s_v, key_terms, finish, warp,
+                                       lane);
     });
     __syncthreads();
     if (p.rescored && tid == 0) atomicAdd(p.rescored, static_cast<unsigned long long>(n_u));
