@@ -45,7 +45,10 @@
 // slower dense (turns around the softmax instead, SoftmaxTurn, are kept); a 7-stage ring (224 KB)
 // instead of 6: 0.95-1.0x; a static persistent split (item n, n + gridDim.x, ...): 0.95-1.03x of
 // one item a CTA, where the dynamic schedule is 1.00-1.10x; a quarter of the exponentials as a
-// polynomial on the FMA pipes (FlashAttention-4): 0.98x dense, the MUFU unit is not the bound.
+// polynomial on the FMA pipes (FlashAttention-4): 0.98x dense, the MUFU unit is not the bound;
+// the last wave's items as 64-row halves with the key list split between the warpgroups (a half
+// took 0.68 of an item), and Q loaded by the producer's TMA (0.94-0.96x dense): both reassigned
+// the consumer's registers and slowed whole items (tenth session).
 #pragma once
 #include <cuda.h>
 
