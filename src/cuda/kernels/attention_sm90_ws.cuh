@@ -48,7 +48,8 @@
 // polynomial on the FMA pipes (FlashAttention-4): 0.98x dense, the MUFU unit is not the bound;
 // the last wave's items as 64-row halves with the key list split between the warpgroups (a half
 // took 0.68 of an item), and Q loaded by the producer's TMA (0.94-0.96x dense): both reassigned
-// the consumer's registers and slowed whole items (tenth session).
+// the consumer's registers and slowed whole items; two Q slots a warpgroup with a 5-stage ring
+// (0.80x dense) (tenth session).
 #pragma once
 #include <cuda.h>
 
