@@ -45,20 +45,26 @@ void ProducerTables::set_layout(dit_cuda::TileProducerParams& p) const {
   p.stat_tiles = max_tiles, p.stat_heads = stat_heads.as<uint8_t>();
 }
 
+namespace {
+// stats[i] where the producer writes statistic i (ProducerTables::statistic_used), else null.
+float* used_statistic(float* const stats[6], int i, bool query_extrema) {
+  return stats && ProducerTables::statistic_used(i, query_extrema) ? stats[i] : nullptr;
+}
+}  // namespace
+
 void ProducerTables::set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6],
                                     bool query_extrema) {
-  for (int i = 0; i < 2; ++i) {
-    const bool extrema = stats && (i == 1 || query_extrema);
-    p.t[i].mean = stats ? stats[3 * i] : nullptr;
-    p.t[i].max = extrema ? stats[3 * i + 1] : nullptr;
-    p.t[i].min = extrema ? stats[3 * i + 2] : nullptr;
+  for (int t = 0; t < 2; ++t) {
+    p.t[t].mean = used_statistic(stats, 3 * t, query_extrema);
+    p.t[t].max = used_statistic(stats, 3 * t + 1, query_extrema);
+    p.t[t].min = used_statistic(stats, 3 * t + 2, query_extrema);
   }
 }
 
 GpuTileStatsInput ProducerTables::given(float* const stats[6], bool query_extrema) const {
   GpuTileStatsInput g;
-  g.q_mean = stats[0], g.k_mean = stats[3], g.k_max = stats[4], g.k_min = stats[5];
-  if (query_extrema) g.q_max = stats[1], g.q_min = stats[2];
+  const float** fields[6] = {&g.q_mean, &g.q_max, &g.q_min, &g.k_mean, &g.k_max, &g.k_min};
+  for (int i = 0; i < 6; ++i) *fields[i] = used_statistic(stats, i, query_extrema);
   g.heads = stat_heads_host;
   return g;
 }

@@ -290,8 +290,8 @@ struct GpuSelector::Impl {
                                           "heads for {} heads", given.heads.size(), heads));
     const float* bufs[6] = {given.q_mean, given.q_max, given.q_min,
                             given.k_mean, given.k_max, given.k_min};
+    const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
     for (int t = 0; t < 6; ++t) {
-      const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
       if (!bufs[t] && !((t == 1 || t == 2) && !needs_extrema(q_kind())))
         return invalid_argument(fmt::format(
             "GpuSelector::select_tiled: the given {} is null (only q max and min may be, where "
@@ -432,8 +432,9 @@ Result<GpuSelector> GpuSelector::make(const HeadLayouts& layouts, const Selectio
         const TileLayout& layout = layouts.head(h);
         const auto e = layout.tiles_per_axis();
         std::copy(e.begin(), e.end(), info[h].prior_extent);
-        im.prior_entries = std::max(im.prior_entries, sel::prior_table_entries(e.data()));
-        if (sel::prior_table_entries(e.data()) > 65535)
+        const int entries = sel::prior_table_entries(e.data());
+        im.prior_entries = std::max(im.prior_entries, entries);
+        if (entries > 65535)
           return unsupported(fmt::format("GpuSelector: {}x{}x{} video tiles; the distance prior "
                                          "takes at most 65534 (t, h) pairs and w tiles",
                                          e[0], e[1], e[2]));

@@ -278,12 +278,6 @@ Status run_bench(const BenchOptions& opt) {
                                                  : o.dtype == "f16" ? "F16"
                                                                     : o.dtype));
   VEDA_ASSIGN_OR_RETURN(auto densities, parse_densities(o.densities));
-  if (o.mask != "random" && o.mask != "select")
-    return invalid_argument("--mask must be random or select");
-  if (o.select_method != "veda" && o.select_method != "veda-query-upper" &&
-      o.select_method != "stats")
-    return invalid_argument("--select-method must be veda, veda-query-upper or stats");
-  if (o.runs < 1 || o.warmup < 0) return invalid_argument("--runs must be >= 1, --warmup >= 0");
   VEDA_ASSIGN_OR_RETURN(HeadLayouts layouts, HeadLayouts::uniform(grid, o.prefix, o.heads, shape));
   VEDA_ASSIGN_OR_RETURN(std::string device, cuda_device_description());
   // One set of inputs for every density; masks are rebuilt per density.
@@ -466,14 +460,20 @@ RunFn setup_bench_attention(CLI::App& sub) {
   sub.add_option("--dtype", opt->dtype, "bf16 or f16")->capture_default_str();
   sub.add_option("--mask", opt->mask,
                  "random, or select (select_tiles on mean-pooled scores of q, k)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::IsMember({"random", "select"}));
   sub.add_option("--select-method", opt->select_method,
                  "scoring of the selection columns: veda (the distilled estimator, every term "
                  "veda calibrate fits by default), veda-query-upper (and calibrate --query-upper's "
                  "term) or stats (uncalibrated)")
-      ->capture_default_str();
-  sub.add_option("--warmup", opt->warmup, "untimed runs")->capture_default_str();
-  sub.add_option("--runs", opt->runs, "timed runs (median reported)")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::IsMember({"veda", "veda-query-upper", "stats"}));
+  sub.add_option("--warmup", opt->warmup, "untimed runs")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+  sub.add_option("--runs", opt->runs, "timed runs (median reported)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   sub.add_option("--seed", opt->seed, "input seed")->capture_default_str();
   sub.add_flag("--verify", opt->verify, "check two (b, h) slices against the CPU references");
   sub.add_flag("--json", opt->json, "print JSON rows instead of a table");

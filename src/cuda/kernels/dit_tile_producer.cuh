@@ -133,8 +133,8 @@ __global__ void __launch_bounds__(kTileProducerMaxThreads)
       const uint4 out = make_uint4(packed[0], packed[1], packed[2], packed[3]);
       dst[int64_t(__ldg(head_slot + token[u])) * chunks_per_head] = out;
       if (stats) {
-        cuda::ChunkOps<__nv_bfloat16>::to_float(
-            out, f);  // the statistics of what the attention will read
+        // The statistics of what the attention will read.
+        cuda::ChunkOps<__nv_bfloat16>::to_float(out, f);
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           sum[e] += f[e];
