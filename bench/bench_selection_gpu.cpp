@@ -231,7 +231,9 @@ Status run(const Options& opt) {
     p.mask_indices = indices.as<int32_t>();
     p.max_k = max_k;
     p.softmax_scale = scale;
-    VEDA_ASSIGN_OR_RETURN(std::vector<float> ms, time_attention_cuda(p, 3, std::max(10, opt.runs / 2)));
+    VEDA_ASSIGN_OR_RETURN(std::vector<float> ms,
+                          time_attention_cuda(p, 3, /*warmup_seconds=*/1.0,
+                                              std::max(10, opt.runs / 2)));
     attention_ms = median(ms);
     fmt::print("\ntile-sparse attention at the selected mask (density {}, max_k {}): {:.3f} ms "
                "({}); selection f16x3 on tile-order input = {:.1f}% of it, f32 writing the tile-order "

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,16 @@ PRESETS = {
 }
 
 
-def time_cuda(fn, warmup, runs):
-    for _ in range(warmup):
+def time_cuda(fn, warmup, runs, warmup_seconds):
+    """Warm-up: at least `warmup` runs and `warmup_seconds` (as `veda bench attention`), so that
+    every timed figure sees the GPU's sustained, power-capped clocks."""
+    start = time.monotonic()
+    i = 0
+    while i < warmup or time.monotonic() - start < warmup_seconds:
         fn()
+        if i + 1 >= warmup:
+            torch.cuda.synchronize()
+        i += 1
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
@@ -51,10 +59,11 @@ def random_block_mask(batch, heads, nblocks, density, device, seed):
     return num.to(device), full.to(device), k
 
 
-def run_veda(veda, preset, batch, densities, runs, verify, tile):
+def run_veda(veda, preset, batch, densities, args, tile):
     cmd = [veda, "bench", "attention", "--preset", preset, "--batch", str(batch), "--density",
-           ",".join(str(d) for d in densities), "--runs", str(runs), "--tile", tile, "--json"]
-    if verify:
+           ",".join(str(d) for d in densities), "--runs", str(args.runs), "--warmup",
+           str(args.warmup), "--warmup-seconds", str(args.warmup_seconds), "--tile", tile, "--json"]
+    if args.verify:
         cmd.append("--verify")
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -71,6 +80,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup-seconds", type=float, default=1.0)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--verify", action="store_true")
@@ -99,7 +109,7 @@ def main():
         B, H, D = args.batch, cfg["heads"], args.head_dim
         veda_by_key = {}
         for tile in tiles:
-            for r in run_veda(args.veda, preset, B, densities, args.runs, args.verify, tile):
+            for r in run_veda(args.veda, preset, B, densities, args, tile):
                 veda_by_key[(tile, round(r["density_requested"], 4))] = r
 
         torch.manual_seed(0)
@@ -109,7 +119,7 @@ def main():
         flops_dense = 4.0 * B * H * n * n * D
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             cudnn_ms, _ = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v),
-                                    args.warmup, args.runs)
+                                    args.warmup, args.runs, args.warmup_seconds)
         print(f"{preset}: cuDNN SDPA dense {cudnn_ms:.3f} ms "
               f"({flops_dense / cudnn_ms / 1e9:.1f} TFLOP/s)", flush=True)
 
@@ -129,7 +139,7 @@ def main():
                     bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=128)
                     fn = lambda bm=bm: flex(qp, kp, vp, block_mask=bm)  # noqa: E731
                     flex_flops = 4.0 * B * H * n_pad * kb * 128 * D
-                flex_ms, _ = time_cuda(fn, args.warmup, args.runs)
+                flex_ms, _ = time_cuda(fn, args.warmup, args.runs, args.warmup_seconds)
                 base.update(flex_ms=flex_ms, flex_tflops=flex_flops / flex_ms / 1e9)
             for tile in tiles:
                 row = dict(base, tile=tile)

@@ -31,9 +31,12 @@ Status attention_cuda(const AttentionParams& p, void* stream = nullptr);
 // blocks per CTA: "sm90ws" (warp-specialised Hopper kernel), "sm90-qb1", "sm80-qb2", ...
 std::string attention_cuda_kernel_name(const AttentionParams& p);
 
-// Times attention_cuda with CUDA events: `warmup` untimed runs, then `runs` timed ones; returns
-// each run's milliseconds (in order). Synchronous.
-Result<std::vector<float>> time_attention_cuda(const AttentionParams& p, int warmup, int runs,
+// Times attention_cuda with CUDA events: untimed warm-up runs, at least `warmup` of them and for
+// at least `warmup_seconds` (a GPU fresh from idle runs above its sustained, power-capped clocks
+// for a while: wan14b-720p at 5% ran ~10% faster after one warm-up run than after 100 on an H100),
+// then `runs` timed ones; returns each run's milliseconds (in order). Synchronous.
+Result<std::vector<float>> time_attention_cuda(const AttentionParams& p, int warmup,
+                                               double warmup_seconds, int runs,
                                                void* stream = nullptr);
 
 // Move-only owner of a device allocation.

@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -199,10 +200,18 @@ Status attention_cuda(const AttentionParams& p, void* stream_ptr) {
   return Status::ok();
 }
 
-Result<std::vector<float>> time_attention_cuda(const AttentionParams& p, int warmup, int runs,
-                                               void* stream_ptr) {
+Result<std::vector<float>> time_attention_cuda(const AttentionParams& p, int warmup,
+                                               double warmup_seconds, int runs, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  for (int i = 0; i < warmup; ++i) VEDA_RETURN_IF_ERROR(attention_cuda(p, stream_ptr));
+  const auto start = std::chrono::steady_clock::now();
+  const auto elapsed_s = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (int i = 0; i < warmup || elapsed_s() < warmup_seconds; ++i) {
+    VEDA_RETURN_IF_ERROR(attention_cuda(p, stream_ptr));
+    // Past the counted runs, one at a time, so that the clock above measures device time.
+    if (i + 1 >= warmup) VEDA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
   std::vector<cudaEvent_t> events(size_t(runs) + 1, nullptr);
   std::vector<float> ms(size_t(runs), 0.f);
   auto timed = [&]() -> Status {

@@ -105,6 +105,17 @@ TEST(Cli, BadArgumentsAreRejected) {
   }
 }
 
+// Refused while parsing, before a device is touched (so with or without a GPU), naming the option.
+TEST(Cli, BenchAttentionRejectsBadOptions) {
+  for (const std::string& option : {"--warmup-seconds nan", "--warmup-seconds -1",
+                                    "--warmup-seconds inf", "--runs 0", "--mask bogus"}) {
+    CommandResult r = run_veda("bench attention --preset wan1.3b-480p " + option);
+    EXPECT_NE(r.exit_code, 0) << option;
+    EXPECT_NE(r.err.find(option.substr(0, option.find(' '))), std::string::npos)
+        << option << ": " << r.err;
+  }
+}
+
 // Refused before a model is loaded or a device is touched, so this runs with or without a GPU.
 TEST(Cli, GenerateOnCudaRefusesCpuOnlyOptions) {
   const std::string model = VEDA_SHARED_DIR "/data/tiny-wan";

@@ -1,6 +1,7 @@
 // veda bench attention: times the CUDA tile-skipping attention (dense = every tile selected) on
 // random inputs drawn on the device, with random masks or masks from the selection path; median
-// of many runs timed with CUDA events after a warm-up; optional check against the CPU references.
+// of many runs timed with CUDA events after a warm-up (by count and by time: the timed runs see the
+// GPU's sustained clocks); optional check against the CPU references.
 // Beside each sparse row, the GPU tile selection at that density (--select-method, default
 // precision) and its share of the attention time, two ways: standalone (select_tiled on the
 // problem's tile-order q and k: statistics, scoring, top-k) and as the DiT pays it (bf16 only):
@@ -10,6 +11,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -45,6 +47,7 @@ struct BenchOptions {
   std::string mask = "random";  // random | select
   std::string select_method = "veda";  // veda | veda-query-upper | stats
   int warmup = 5, runs = 30;
+  double warmup_seconds = 1.0;
   bool verify = false;
   bool json = false;
   uint64_t seed = 1;
@@ -321,7 +324,8 @@ Status run_bench(const BenchOptions& opt) {
     const AttentionParams params = pr.params();
     const std::string kernel = attention_cuda_kernel_name(params);
     VEDA_RETURN_IF_ERROR(pr.poison_outputs());
-    VEDA_ASSIGN_OR_RETURN(auto times, time_attention_cuda(params, o.warmup, o.runs));
+    VEDA_ASSIGN_OR_RETURN(auto times,
+                          time_attention_cuda(params, o.warmup, o.warmup_seconds, o.runs));
     const double median_ms = median(std::vector<double>(times.begin(), times.end()));
     const double best = *std::min_element(times.begin(), times.end());
     const Flops flops = count_flops(pr, layouts, dense ? nullptr : &mask);
@@ -413,6 +417,7 @@ Status run_bench(const BenchOptions& opt) {
                     {"ms_median", median_ms},
                     {"ms_min", best},
                     {"runs", o.runs},
+                    {"warmup_seconds", o.warmup_seconds},
                     {"flops_actual", flops.actual},
                     {"flops_dense", flops.dense},
                     {"tflops_actual", tf_actual},
@@ -468,9 +473,17 @@ RunFn setup_bench_attention(CLI::App& sub) {
                  "term) or stats (uncalibrated)")
       ->capture_default_str()
       ->check(CLI::IsMember({"veda", "veda-query-upper", "stats"}));
-  sub.add_option("--warmup", opt->warmup, "untimed runs")
+  sub.add_option("--warmup", opt->warmup, "untimed runs (at least)")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
+  sub.add_option("--warmup-seconds", opt->warmup_seconds,
+                 "untimed runs for at least this long, so that the timed ones see the GPU's "
+                 "sustained (power-capped) clocks, not the higher ones of a GPU fresh from idle")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 600.0))
+      ->check(CLI::Validator(  // Range lets NaN through (every comparison with it is false)
+          [](std::string& s) { return std::string(std::isnan(std::stod(s)) ? "NaN" : ""); },
+          "", "not NaN"));
   sub.add_option("--runs", opt->runs, "timed runs (median reported)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));

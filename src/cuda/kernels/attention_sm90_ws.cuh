@@ -49,7 +49,9 @@
 // the last wave's items as 64-row halves with the key list split between the warpgroups (a half
 // took 0.68 of an item), and Q loaded by the producer's TMA (0.94-0.96x dense): both reassigned
 // the consumer's registers and slowed whole items; two Q slots a warpgroup with a 5-stage ring
-// (0.80x dense) (tenth session).
+// (0.80x dense) (tenth session); the next item's Q copied as soon as the item's last S is done,
+// under its last P V and O stores (level at 5%: the wait moved to the item's end; 0.97x dense)
+// (eleventh session).
 #pragma once
 #include <cuda.h>
 
