@@ -107,8 +107,10 @@ TEST(Cli, BadArgumentsAreRejected) {
 
 // Refused while parsing, before a device is touched (so with or without a GPU), naming the option.
 TEST(Cli, BenchAttentionRejectsBadOptions) {
-  for (const std::string& option : {"--warmup-seconds nan", "--warmup-seconds -1",
-                                    "--warmup-seconds inf", "--runs 0", "--mask bogus"}) {
+  // The last: an underflowing --warmup-seconds is 0 (no crash), so --runs is the one refused.
+  for (const std::string& option :
+       {"--warmup-seconds nan", "--warmup-seconds -1", "--warmup-seconds inf", "--runs 0",
+        "--mask bogus", "--runs 0 --warmup-seconds 1e-400"}) {
     CommandResult r = run_veda("bench attention --preset wan1.3b-480p " + option);
     EXPECT_NE(r.exit_code, 0) << option;
     EXPECT_NE(r.err.find(option.substr(0, option.find(' '))), std::string::npos)

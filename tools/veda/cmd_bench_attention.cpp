@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -482,7 +483,9 @@ RunFn setup_bench_attention(CLI::App& sub) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 600.0))
       ->check(CLI::Validator(  // Range lets NaN through (every comparison with it is false)
-          [](std::string& s) { return std::string(std::isnan(std::stod(s)) ? "NaN" : ""); },
+          [](std::string& s) {  // strtod: no exception on underflow (1e-400 is 0 seconds)
+            return std::string(std::isnan(std::strtod(s.c_str(), nullptr)) ? "NaN" : "");
+          },
           "", "not NaN"));
   sub.add_option("--runs", opt->runs, "timed runs (median reported)")
       ->capture_default_str()
