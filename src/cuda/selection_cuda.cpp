@@ -291,8 +291,10 @@ struct GpuSelector::Impl {
     const float* bufs[6] = {given.q_mean, given.q_max, given.q_min,
                             given.k_mean, given.k_max, given.k_min};
     const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
+    const bool query_extrema = needs_extrema(q_kind());
     for (int t = 0; t < 6; ++t) {
-      if (!bufs[t] && !((t == 1 || t == 2) && !needs_extrema(q_kind())))
+      const bool may_be_null = (t == 1 || t == 2) && !query_extrema;  // q max / min, unread
+      if (!bufs[t] && !may_be_null)
         return invalid_argument(fmt::format(
             "GpuSelector::select_tiled: the given {} is null (only q max and min may be, where "
             "reads_query_extrema() is false)", what[t]));

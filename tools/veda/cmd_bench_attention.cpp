@@ -94,12 +94,6 @@ GpuSelectorOptions bench_selector_options(const std::string& method, int heads, 
   return so;
 }
 
-// The median of timed runs (the upper middle one of an even count).
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // Median milliseconds of GpuSelector::select_tiled on the problem's q and k (tile order) at
 // `density`: the sum of its stage events (statistics, scoring, top-k).
 Result<double> selection_ms(const cuda_check::DeviceProblem& pr, const HeadLayouts& layouts,

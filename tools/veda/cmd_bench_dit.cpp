@@ -68,12 +68,6 @@ Result<Preset> make_preset(const std::string& name) {
 }
 
 #ifdef VEDA_HAS_CUDA
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 struct ModeResult {
   std::string name;
   WanCudaTimings median;

@@ -3,7 +3,9 @@
 // where setup adds the options to the subcommand and returns the function that runs it.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,6 +31,15 @@ inline std::vector<std::string> split_csv(const std::string& csv) {
   for (std::string item; std::getline(ss, item, ',');)
     if (!item.empty()) parts.push_back(item);
   return parts;
+}
+
+// The median of timed runs: the middle of the sorted times, the upper middle of an even count
+// (a time that was measured; scripts/compare_torch.py reports its baselines the same way). NaN
+// for no runs.
+inline double median(std::vector<double> v) {
+  if (v.empty()) return std::numeric_limits<double>::quiet_NaN();
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 }  // namespace veda::cli
