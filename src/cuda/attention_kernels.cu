@@ -96,25 +96,42 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     static const cudaError_t attr_err =  // once per kernel instantiation
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (attr_err != cudaSuccess) return attr_err;
-    // At most 2^30 items (attention_cuda checks), so the kernel's item indices fit an int.
+    // At most 2^30 items (attention_cuda checks), so the kernel's unit indices fit an int.
     const int items = int((f.num_q_blocks + 1) / 2 * int64_t(f.heads) * batch);
     if (ctas < 1) return cudaErrorInvalidValue;
-    const int grid = std::min(items, ctas);
-    // The dynamic schedule's counter: stream-ordered, one per launch, so that launches on other
-    // streams never share it. Without stream-ordered allocation (cudaErrorNotSupported) the
-    // caller falls back to the one-warpgroup kernel; the error is cleared for its launch check.
-    unsigned* taken = nullptr;
-    cudaError_t err = cudaMallocAsync(&taken, sizeof(unsigned), stream);
+    const int key_blocks = (f.mask_counts ? f.max_k : f.num_tiles) * f.subs;
+    const TailSplit split = plan_tail_split(items, ctas, key_blocks);
+    const int split_items = items - split.whole;
+    const int part_units = split_items * split.parts;
+    const int units = split.whole + part_units;
+    const int grid = std::min(units, ctas);
+    // One stream-ordered allocation a launch, so that launches on other streams never share it:
+    // the dynamic schedule's counter, then the tail parts' fp32 rows and log-sum-exps. Without
+    // stream-ordered allocation (cudaErrorNotSupported) the caller falls back to the
+    // one-warpgroup kernel; the error is cleared for its launch check.
+    constexpr size_t kCounterBytes = 256;
+    const size_t rows = size_t(part_units) * 128;
+    void* scratch = nullptr;
+    cudaError_t err =
+        cudaMallocAsync(&scratch, kCounterBytes + rows * (D + 1) * sizeof(float), stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
       return err;
     }
+    auto* taken = static_cast<unsigned*>(scratch);
+    float* part_o = reinterpret_cast<float*>(static_cast<char*>(scratch) + kCounterBytes);
+    const WsTail tail{split.whole, split.parts, part_o, part_o + rows * D};
     err = cudaMemsetAsync(taken, 0, sizeof(unsigned), stream);
     if (err == cudaSuccess) {
-      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, items, taken);
+      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, units, taken, tail);
       err = cudaGetLastError();
     }
-    const cudaError_t free_err = cudaFreeAsync(taken, stream);
+    if (err == cudaSuccess && split_items > 0) {
+      const int merge_blocks = split_items * 128 / 8;  // a warp a row, 8 warps a block
+      merge_tail_parts_kernel<D, T><<<merge_blocks, 256, 0, stream>>>(f, tail, split_items);
+      err = cudaGetLastError();
+    }
+    const cudaError_t free_err = cudaFreeAsync(scratch, stream);
     return err != cudaSuccess ? err : free_err;
   };
   // The intra-warpgroup overlap pays where a CTA's two query blocks are one 128-token tile. It has

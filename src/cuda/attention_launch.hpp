@@ -44,9 +44,33 @@ cudaError_t launch_attention_sm80(const FwdParams& f, Elem elem, int head_dim, i
 bool sm90_kernel_available();
 cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream);
+// The warp-specialised kernel's last round. Its items (a 128-row query tile each) are of equal
+// size in dense mode, so items % ctas of them would run while the other SMs idle (wan1.3b-480p:
+// 3,072 items on 132 SMs, a 24th round for 36 items, 3% of the time). Instead those last items
+// run as `parts` units each, every unit over an equal run of the item's key tiles; the units
+// write fp32 partial outputs with their log-sum-exp, merged afterwards. Items below `whole` run
+// whole.
+struct TailSplit {
+  int whole;
+  int parts;  // 1: no split
+};
+inline constexpr int kMaxTailParts = 8;
+inline constexpr int kMinTailPartBlocks = 8;  // 64-key blocks a part keeps at least (4 steps)
+// `key_blocks`: the 64-key blocks an item's longest key list may hold.
+constexpr TailSplit plan_tail_split(int items, int ctas, int key_blocks) {
+  if (items <= 0 || ctas <= 0) return {items, 1};
+  const int last = items % ctas;  // all of them when items < ctas
+  if (last == 0) return {items, 1};
+  int parts = ctas / last;
+  if (parts > kMaxTailParts) parts = kMaxTailParts;
+  if (parts > key_blocks / kMinTailPartBlocks) parts = key_blocks / kMinTailPartBlocks;
+  if (parts < 2) return {items, 1};
+  return {items - last, parts};
+}
+
 // Warp-specialised Hopper kernel (TMA producer + two wgmma consumer warpgroups; same availability
-// as the sm90 kernel), a persistent grid of at most `ctas` CTAs (one an SM fills the GPU).
-// cudaErrorNotSupported when TMA cannot describe q/k/v's strides.
+// as the sm90 kernel), a persistent grid of at most `ctas` CTAs (one an SM fills the GPU), with
+// plan_tail_split's last round. cudaErrorNotSupported when TMA cannot describe q/k/v's strides.
 cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
                                      int ctas, cudaStream_t stream);
 cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi);

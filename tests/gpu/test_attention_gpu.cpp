@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/attention_check.hpp"
+#include "cuda/attention_launch.hpp"
 #include "veda/attention.hpp"
 #include "veda/cuda.hpp"
 
@@ -31,6 +32,7 @@ struct Case {
   double density;  // 1.0 = dense (mask null)
   double empty_rows = 0.0;
   int heads = 2;
+  int check_tiles = 0;  // query tiles checked a slice; 0: 10 dense, 40 sparse
 };
 
 std::string case_name(const Case& c) {
@@ -53,7 +55,7 @@ void run_case(const Case& c, const HeadLayouts& layouts, uint64_t seed, const ch
   const Status st = attention_cuda(p);
   ASSERT_TRUE(st.is_ok()) << st.to_string();
   ASSERT_TRUE(cuda_synchronize().is_ok());
-  const int n_check = c.density >= 1.0 ? 10 : 40;
+  const int n_check = c.check_tiles > 0 ? c.check_tiles : c.density >= 1.0 ? 10 : 40;
   for (auto [b, h] : {std::pair{0, 0}, std::pair{c.batch - 1, c.heads - 1}}) {
     auto tiles = cuda_check::sample_tiles(layouts.head(h).num_tiles(), n_check, seed + b * 7 + h);
     auto res = cuda_check::check_slice(*problem, b, h, tiles);
@@ -213,6 +215,65 @@ TEST(AttentionGpuLayouts, PersistentGrid) {
     run_case(Case{Grid{16, 16, 28}, 128, DType::kBF16, 2, dens, 0.1}, *halves, 52, nullptr);
   for (double dens : {1.0, 0.05})
     run_case(Case{Grid{16, 16, 28}, 64, DType::kF16, 1, dens, 0.0, 3}, *mixed, 53, nullptr);
+}
+
+// The last round's items run as parts over their key tiles, merged by log-sum-exp
+// (plan_tail_split). Runs without a GPU: the rule alone.
+TEST(AttentionTailSplit, Plan) {
+  const auto plan = [](int items, int ctas, int key_blocks) {
+    const cuda::TailSplit t = cuda::plan_tail_split(items, ctas, key_blocks);
+    return std::pair{t.whole, t.parts};
+  };
+  // wan1.3b-480p in token order, 132 SMs: 3,072 items leave 36 for a 24th round, 3 parts each.
+  EXPECT_EQ(plan(3072, 132, 512), (std::pair{3036, 3}));
+  // wan14b-720p: 23,640 items leave 12; 11 parts would fit, at most 8 are taken.
+  EXPECT_EQ(plan(23640, 132, 1182), (std::pair{23628, 8}));
+  // Fewer items than CTAs: every item is split.
+  EXPECT_EQ(plan(40, 132, 512), (std::pair{0, 3}));
+  // A full last round, and one too full to split, run whole.
+  EXPECT_EQ(plan(264, 132, 512), (std::pair{264, 1}));
+  EXPECT_EQ(plan(200, 132, 512), (std::pair{200, 1}));
+  // A part keeps at least 8 key blocks.
+  EXPECT_EQ(plan(10, 132, 16), (std::pair{0, 2}));
+  EXPECT_EQ(plan(10, 132, 15), (std::pair{10, 1}));
+  EXPECT_EQ(plan(0, 132, 512), (std::pair{0, 1}));
+}
+
+// The split on a GPU: 16x16x28 in 4x4x4 tiles is 56 items a head (112 with 2 heads); capped at 5,
+// 50 and 100 CTAs the last 2, 12 and 12 items run as 2, 4 and 8 parts. Those items hold the last
+// head's last tiles: every tile of that slice is checked (outputs and log-sum-exp). Also 128-token
+// tiles with prefix tokens (the overlap schedule; 57 items a head, 14 split at 50 CTAs, 3 parts),
+// D = 64 in fp16, masks with empty rows, where a part may hold no key tile of a row.
+TEST(AttentionGpuLayouts, TailSplit) {
+  SKIP_WITHOUT_WS_KERNEL();
+  const Grid grid{16, 16, 28};
+  auto cubes = HeadLayouts::uniform(grid, 0, 2, TileShape{4, 4, 4});
+  auto halves = HeadLayouts::uniform(grid, 77, 2, TileShape{4, 4, 8});
+  ASSERT_TRUE(cubes.is_ok() && halves.is_ok());
+  constexpr int kAll = 1 << 20;
+  for (const char* ctas : {"5", "50", "100"}) {
+    setenv("VEDA_ATTN_CTAS", ctas, 1);
+    for (double dens : {1.0, 0.5})
+      run_case(Case{grid, 128, DType::kBF16, 1, dens, dens < 1.0 ? 0.15 : 0.0, 2, kAll}, *cubes,
+               61, nullptr);
+    run_case(Case{grid, 64, DType::kF16, 1, 1.0, 0.0, 2, kAll}, *cubes, 62, nullptr);
+    if (std::string(ctas) == "50")
+      for (double dens : {1.0, 0.5})
+        run_case(Case{grid, 128, DType::kBF16, 1, dens, 0.1, 2, kAll}, *halves, 63, nullptr);
+    unsetenv("VEDA_ATTN_CTAS");
+  }
+}
+
+// Small enough for racecheck: 16 items on 3 CTAs, the last one as 2 parts.
+TEST(AttentionGpuLayouts, TailSplitTiny) {
+  SKIP_WITHOUT_WS_KERNEL();
+  auto layouts = HeadLayouts::uniform(Grid{8, 8, 16}, 0, 2, TileShape{4, 4, 4});
+  ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  setenv("VEDA_ATTN_CTAS", "3", 1);
+  for (double dens : {1.0, 0.5})
+    run_case(Case{Grid{8, 8, 16}, 128, DType::kBF16, 1, dens, 0.0, 2, 1 << 20}, *layouts, 71,
+             nullptr);
+  unsetenv("VEDA_ATTN_CTAS");
 }
 
 TEST(AttentionGpuLayouts, AllRowsEmpty) {

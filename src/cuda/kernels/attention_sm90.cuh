@@ -25,6 +25,8 @@
 // Hopper kernel is the warp-specialised one (attention_sm90_ws.cuh, TMA + mbarriers), which
 // shares this file's per-block pieces; this one is its fallback and comparison baseline.
 #pragma once
+#include <type_traits>
+
 #include "attention_common.cuh"
 #include "wgmma_ops.cuh"
 
@@ -237,10 +239,14 @@ __device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_bl
 #pragma unroll
     for (int c = 0; c < D / 8; ++c) {
       const int col = c * 8 + (lane & 3) * 2;
+      const float lo = acc[c * 4 + 2 * i] * inv, hi = acc[c * 4 + 2 * i + 1] * inv;
       // Streaming stores (evict first): O is not read again, so it should not push K / V
-      // out of L2.
-      __stcs(reinterpret_cast<unsigned*>(orow + col),
-             ElemTraits<T>::pack(acc[c * 4 + 2 * i] * inv, acc[c * 4 + 2 * i + 1] * inv));
+      // out of L2. fp32 rows: the warp-specialised kernel's partial outputs.
+      if constexpr (std::is_same_v<T, float>) {
+        __stcs(reinterpret_cast<float2*>(orow + col), make_float2(lo, hi));
+      } else {
+        __stcs(reinterpret_cast<unsigned*>(orow + col), ElemTraits<T>::pack(lo, hi));
+      }
     }
     if (lse_block && (lane & 3) == 0)
       lse_block[r] = live ? row_max[i] * scale + logf(row_sum[i]) : -INFINITY;

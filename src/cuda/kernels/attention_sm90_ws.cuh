@@ -22,6 +22,11 @@
 // neighbouring 64-token tiles. The producer streams one item's stages after another, so the next
 // item's first K/V loads run under this one's last steps and output stores (no CTA launch, Q load
 // or pipeline fill between items): 1.04-1.08x at wan14b in token order, 1.00x at 4x4x4 (H200).
+// The last round (plan_tail_split): where items % CTAs of equal items would leave most SMs idle
+// (wan1.3b-480p dense: 36 items on 132 SMs, 3% of the time), those items run as 2-8 units each
+// over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
+// merge_tail_parts_kernel combines them. Only the producer's key stream and the consumers' output
+// address differ for a unit.
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
 // TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
@@ -87,7 +92,7 @@ struct WsConfig {
   // here and takes the next stage too, as one 128-key step; kTurn, both start a step of the same
   // length here and take their softmaxes in turn (SoftmaxTurn). Then the stage's valid keys
   // (1..64) and, where some consumer pairs it with the next stage, the next one's (0..64). kEnd:
-  // the item ends here, the low 31 bits hold the next item (at most num_items).
+  // the item ends here, the low 31 bits hold the next unit (at most num_units).
   static constexpr uint32_t kPairShift = 2;
   static constexpr uint32_t kTurn = 1u << 4;
   static constexpr uint32_t kValidShift = 16, kNextValidShift = 24;  // 7 bits each
@@ -122,6 +127,32 @@ struct KeyListUnion {
 
   __device__ __forceinline__ int head(int c) const {
     return i[c] < count[c] ? (list[c] ? __ldg(list[c] + i[c]) : i[c]) : kNone;
+  }
+  // Keeps part `part` of `parts` (plan_tail_split): the first non-empty list is cut into equal
+  // runs, and both lists keep their tiles between its cut points (both ascending: binary
+  // searches). The parts together hold every tile once.
+  __device__ void keep_part(int part, int parts) {
+    const auto tile_at = [](const int32_t* l, int idx) { return l ? __ldg(l + idx) : idx; };
+    const bool ref0 = count[0] > 0;  // (selects, not an index: keeps the lists in registers)
+    const int32_t* ref = ref0 ? list[0] : list[1];
+    const int n = ref0 ? count[0] : count[1];
+    if (n == 0) return;
+    const int lo = part == 0 ? 0 : tile_at(ref, part * n / parts);
+    const int hi = part + 1 == parts ? kNone : tile_at(ref, (part + 1) * n / parts);
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const auto first_at_least = [&](int tile) {
+        int a = 0, b = count[c];
+        while (a < b) {
+          const int m = (a + b) / 2;
+          if (tile_at(list[c], m) < tile) a = m + 1; else b = m;
+        }
+        return a;
+      };
+      const int end = first_at_least(hi);
+      i[c] = first_at_least(lo);
+      count[c] = end;
+    }
   }
   // The next tile, or kNone at the end.
   __device__ __forceinline__ int next(uint32_t& need) {
@@ -187,6 +218,22 @@ struct WsItem : WsItemPos {
   int q_valid[2];
   KeyListUnion keys;
 };
+// The schedule's units (plan_tail_split): items below `whole`, then `parts` units for each later
+// item, each over a part of its key tiles, writing fp32 rows and their log-sum-exp to scratch
+// (unit whole + k: rows [k * 128, k * 128 + 128)) for merge_tail_parts_kernel.
+struct WsTail {
+  int whole, parts;
+  float* o;    // [units - whole][128][D]
+  float* lse;  // [units - whole][128]
+};
+struct WsUnit {
+  int item;
+  int part;  // -1: the whole item
+};
+__device__ __forceinline__ WsUnit ws_unit(const WsTail& tail, int w) {
+  if (w < tail.whole) return {w, -1};
+  return {tail.whole + (w - tail.whole) / tail.parts, (w - tail.whole) % tail.parts};
+}
 __device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
   WsItem it{};
   static_cast<WsItemPos&>(it) = ws_item_pos(p, w);
@@ -217,8 +264,8 @@ template <int D, class T, bool kOverlap>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_sm90_ws_kernel(const __grid_constant__ FwdParams p,
                                  const __grid_constant__ CUtensorMap tm_k,
-                                 const __grid_constant__ CUtensorMap tm_v, int num_items,
-                                 unsigned* items_taken) {
+                                 const __grid_constant__ CUtensorMap tm_v, int num_units,
+                                 unsigned* units_taken, const WsTail tail) {
   using C = WsConfig<D>;
   using Ring = RingPos<C::kStages>;
   extern __shared__ __align__(128) unsigned char smem_ws[];
@@ -241,8 +288,8 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
 
-  // The grid is persistent with a dynamic schedule: CTA n starts with item n; the items past the
-  // grid go to whichever CTA asks first (`items_taken`, zeroed before the launch), so an SM that
+  // The grid is persistent with a dynamic schedule: CTA n starts with unit n; the units past the
+  // grid go to whichever CTA asks first (`units_taken`, zeroed before the launch), so an SM that
   // runs faster takes more of them. The producer asks when it starts an item, streams the items
   // back to back and ends each with a kEnd stage that carries the next item's index to the
   // consumers, so the next item's K/V loads run under this item's last steps and output stores.
@@ -253,18 +300,20 @@ __global__ void __launch_bounds__(384, 1)
     tma_prefetch_descriptor(&tm_v);
     Ring at;
     // The next item's index waits in shared memory: the producer's 24 registers hold no more.
-    __shared__ int next_item;
-    for (int w = blockIdx.x; w < num_items; w = next_item) {
-      next_item = int(gridDim.x + atomicAdd(items_taken, 1u));
+    __shared__ int next_unit;
+    for (int w = blockIdx.x; w < num_units; w = next_unit) {
+      next_unit = int(gridDim.x + atomicAdd(units_taken, 1u));
       // The next item's Q rows into L2 (when contiguous), so that the consumers' copy of them
       // after this item's output stores does not wait on device memory.
-      if (next_item < num_items && p.q_rs == D) {
-        const WsItemPos pos = ws_item_pos(p, next_item);
+      if (next_unit < num_units && p.q_rs == D) {
+        const WsItemPos pos = ws_item_pos(p, ws_unit(tail, next_unit).item);
         const int rows = min(128, (p.num_q_blocks - 2 * pos.x) * 64);
         prefetch_l2(ws_item_q<T>(p, pos), uint32_t(rows * D * sizeof(T)),
                     kL2EvictFirst);  // read once, soon
       }
-      const WsItem it = ws_item(p, w);
+      const WsUnit unit = ws_unit(tail, w);
+      WsItem it = ws_item(p, unit.item);
+      if (unit.part >= 0) it.keys.keep_part(unit.part, tail.parts);
       const int32_t* valid_h = p.tile_valid + int64_t(it.h) * p.num_tiles;
       KeyBlockStream cur{it.keys, valid_h, p.subs};
       cur.advance();
@@ -296,7 +345,7 @@ __global__ void __launch_bounds__(384, 1)
         at.advance();
       }
       mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
-      words[at.stage] = C::kEnd | uint32_t(min(next_item, num_items));
+      words[at.stage] = C::kEnd | uint32_t(min(next_unit, num_units));
       mbar_arrive(full_bar + 8 * at.stage);
       at.advance();
     }
@@ -470,8 +519,8 @@ __global__ void __launch_bounds__(384, 1)
   // both), so they are opened once, before the first item, and closed after the last: per item,
   // a warpgroup could run whole short items ahead of the other and arrive twice on barrier 1.
   if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
-  for (int w = blockIdx.x, next_w = num_items; w < num_items; w = next_w) {
-    const WsItem it = ws_item(p, w);
+  for (int w = blockIdx.x, next_w = num_units; w < num_units; w = next_w) {
+    const WsItem it = ws_item(p, ws_unit(tail, w).item);
     const int my_qb = it.x * 2 + c;
     const int my_valid = c ? it.q_valid[1] : it.q_valid[0];
     const T* my_q = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs +
@@ -530,15 +579,55 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_wait<0>();
     settle_in_flight();
 
-    if (my_qb < p.num_q_blocks) {
+    if (my_qb >= p.num_q_blocks) continue;
+    if (w < tail.whole) {
       T* o_bh = static_cast<T*>(p.o) + it.b * p.o_bs + it.h * p.o_hs;
       float* lse_bh = p.lse ? p.lse + (int64_t(it.b) * p.heads + it.h) * p.tokens : nullptr;
       const int64_t token0 = int64_t(my_qb) * 64;
       store_rows<D, T>(o_bh + token0 * p.o_rs, p.o_rs, lse_bh ? lse_bh + token0 : nullptr, acc,
                        row_max, row_sum, my_valid, p.scale, warp & 3, lane);
+    } else {  // a part of a tail item: fp32 rows for the merge
+      const int64_t row0 = int64_t(w - tail.whole) * 128 + c * 64;
+      store_rows<D, float>(tail.o + row0 * D, D, tail.lse + row0, acc, row_max, row_sum,
+                           my_valid, p.scale, warp & 3, lane);
     }
   }
   if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
+}
+
+// The tail items' outputs from their parts: per row, lse = log sum_i e^lse_i and O = sum_i
+// e^(lse_i - lse) O_i (a row no part saw, every lse_i -inf: O 0 and lse -inf, as the whole item
+// writes it; NaN in a part's O propagates), written where the whole item would have written it.
+// A warp a row, each lane D / 32 consecutive columns.
+template <int D, class T>
+__global__ void __launch_bounds__(256) merge_tail_parts_kernel(const FwdParams p,
+                                                              const WsTail tail, int items) {
+  constexpr int kCols = D / 32;
+  const int row = int(blockIdx.x) * 8 + int(threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= items * 128) return;
+  const int k = row / 128, r = row % 128;  // tail item k, its row r
+  const WsItemPos pos = ws_item_pos(p, tail.whole + k);
+  if (pos.x * 2 + r / 64 >= p.num_q_blocks) return;
+  const int64_t part0 = int64_t(k) * tail.parts * 128 + r;  // part i's row: part0 + i * 128
+  float m = -INFINITY;
+  for (int i = 0; i < tail.parts; ++i) m = fmaxf(m, tail.lse[part0 + i * 128]);
+  float o[kCols] = {}, sum = 0.f;
+  for (int i = 0; i < tail.parts; ++i) {
+    const float weight = m == -INFINITY ? 0.f : expf(tail.lse[part0 + i * 128] - m);
+    sum += weight;
+    const float* src = tail.o + (part0 + i * 128) * D + lane * kCols;
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) o[j] += weight * src[j];
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  T* dst = static_cast<T*>(p.o) + pos.b * p.o_bs + pos.h * p.o_hs +
+           (int64_t(pos.x) * 128 + r) * p.o_rs + lane * kCols;
+#pragma unroll
+  for (int j = 0; j < kCols; j += 2)
+    *reinterpret_cast<uint32_t*>(dst + j) = ElemTraits<T>::pack(o[j] * inv, o[j + 1] * inv);
+  if (p.lse && lane == 0)
+    p.lse[(int64_t(pos.b) * p.heads + pos.h) * p.tokens + int64_t(pos.x) * 128 + r] =
+        sum > 0.f ? m + logf(sum) : -INFINITY;
 }
 
 }  // namespace veda::cuda
