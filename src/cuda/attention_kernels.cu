@@ -99,8 +99,10 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     // At most 2^30 items (attention_cuda checks), so the kernel's unit indices fit an int.
     const int items = int((f.num_q_blocks + 1) / 2 * int64_t(f.heads) * batch);
     if (ctas < 1) return cudaErrorInvalidValue;
-    const int key_blocks = (f.mask_counts ? f.max_k : f.num_tiles) * f.subs;
-    const TailSplit split = plan_tail_split(items, ctas, key_blocks);
+    // Dense mode only: there the items are equal. Sparse items differ in length, the dynamic
+    // schedule already evens out the end, and a split timed level (thirteenth session).
+    const TailSplit split = f.mask_counts ? TailSplit{items, 1}
+                                          : plan_tail_split(items, ctas, f.num_tiles * f.subs);
     const int split_items = items - split.whole;
     const int part_units = split_items * split.parts;
     const int units = split.whole + part_units;

@@ -44,8 +44,8 @@ cudaError_t launch_attention_sm80(const FwdParams& f, Elem elem, int head_dim, i
 bool sm90_kernel_available();
 cudaError_t launch_attention_sm90(const FwdParams& f, Elem elem, int head_dim, int qb, int batch,
                                   cudaStream_t stream);
-// The warp-specialised kernel's last round. Its items (a 128-row query tile each) are of equal
-// size in dense mode, so items % ctas of them would run while the other SMs idle (wan1.3b-480p:
+// The warp-specialised kernel's last round in dense mode. Its items (a 128-row query tile each)
+// are then of equal size, so items % ctas of them would run while the other SMs idle (wan1.3b-480p:
 // 3,072 items on 132 SMs, a 24th round for 36 items, 3% of the time). Instead those last items
 // run as `parts` units each, every unit over an equal run of the item's key tiles; the units
 // write fp32 partial outputs with their log-sum-exp, merged afterwards. Items below `whole` run
@@ -56,7 +56,7 @@ struct TailSplit {
 };
 inline constexpr int kMaxTailParts = 8;
 inline constexpr int kMinTailPartBlocks = 8;  // 64-key blocks a part keeps at least (4 steps)
-// `key_blocks`: the 64-key blocks an item's longest key list may hold.
+// `key_blocks`: the 64-key blocks of an item's key list.
 constexpr TailSplit plan_tail_split(int items, int ctas, int key_blocks) {
   if (items <= 0 || ctas <= 0) return {items, 1};
   const int last = items % ctas;  // all of them when items < ctas

@@ -22,9 +22,9 @@
 // neighbouring 64-token tiles. The producer streams one item's stages after another, so the next
 // item's first K/V loads run under this one's last steps and output stores (no CTA launch, Q load
 // or pipeline fill between items): 1.04-1.08x at wan14b in token order, 1.00x at 4x4x4 (H200).
-// The last round (plan_tail_split): where items % CTAs of equal items would leave most SMs idle
-// (wan1.3b-480p dense: 36 items on 132 SMs, 3% of the time), those items run as 2-8 units each
-// over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
+// The last round (plan_tail_split): where items % CTAs of equal items (dense mode) would leave
+// most SMs idle (wan1.3b-480p: 36 items on 132 SMs, 3% of the time), those items run as 2-8 units
+// each over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
 // merge_tail_parts_kernel combines them. Only the producer's key stream and the consumers' output
 // address differ for a unit.
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
@@ -128,30 +128,13 @@ struct KeyListUnion {
   __device__ __forceinline__ int head(int c) const {
     return i[c] < count[c] ? (list[c] ? __ldg(list[c] + i[c]) : i[c]) : kNone;
   }
-  // Keeps part `part` of `parts` (plan_tail_split): the first non-empty list is cut into equal
-  // runs, and both lists keep their tiles between its cut points (both ascending: binary
-  // searches). The parts together hold every tile once.
-  __device__ void keep_part(int part, int parts) {
-    const auto tile_at = [](const int32_t* l, int idx) { return l ? __ldg(l + idx) : idx; };
-    const bool ref0 = count[0] > 0;  // (selects, not an index: keeps the lists in registers)
-    const int32_t* ref = ref0 ? list[0] : list[1];
-    const int n = ref0 ? count[0] : count[1];
-    if (n == 0) return;
-    const int lo = part == 0 ? 0 : tile_at(ref, part * n / parts);
-    const int hi = part + 1 == parts ? kNone : tile_at(ref, (part + 1) * n / parts);
+  // Keeps part `part` of `parts` of the key tiles (plan_tail_split; dense mode, where a block's
+  // list is every tile or, past the valid rows, none): equal runs, together every tile once.
+  __device__ __forceinline__ void keep_part(int part, int parts) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      const auto first_at_least = [&](int tile) {
-        int a = 0, b = count[c];
-        while (a < b) {
-          const int m = (a + b) / 2;
-          if (tile_at(list[c], m) < tile) a = m + 1; else b = m;
-        }
-        return a;
-      };
-      const int end = first_at_least(hi);
-      i[c] = first_at_least(lo);
-      count[c] = end;
+      i[c] = part * count[c] / parts;
+      count[c] = (part + 1) * count[c] / parts;
     }
   }
   // The next tile, or kNone at the end.
