@@ -98,6 +98,8 @@ def main():
                     help="comma-separated Veda tile shapes (4x4x8: 128-token 3D tiles; tokens: token "
                          "order in 128-token blocks, Flex's own layout)")
     args = ap.parse_args()
+    if args.rounds < 1 or args.runs < 1:
+        ap.error("--rounds and --runs must be at least 1")
     tiles = args.tiles.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     dev = torch.device("cuda")

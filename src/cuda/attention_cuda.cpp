@@ -128,9 +128,10 @@ int query_blocks(const AttentionParams& p) {
 }
 
 // CTAs of the warp-specialised kernel's persistent grid: one an SM; VEDA_ATTN_CTAS sets it (tests
-// run many items a CTA on small shapes).
+// run many items a CTA on small shapes), at most 2^16 (the last round's split sizes its scratch
+// and its merge grid by it).
 int ws_ctas(const DeviceInfo& info) {
-  if (const char* env = std::getenv("VEDA_ATTN_CTAS")) return std::max(1, std::atoi(env));
+  if (const char* env = std::getenv("VEDA_ATTN_CTAS")) return std::clamp(std::atoi(env), 1, 1 << 16);
   return info.sms;
 }
 

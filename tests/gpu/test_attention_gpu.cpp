@@ -239,27 +239,44 @@ TEST(AttentionTailSplit, Plan) {
   EXPECT_EQ(plan(0, 132, 512), (std::pair{0, 1}));
 }
 
-// The split on a GPU (dense mode): 16x16x28 in 4x4x4 tiles is 56 items a head (112 with 2
-// heads); capped at 5, 50 and 100 CTAs the last 2, 12 and 12 items run as 2, 4 and 8 parts. Those
-// items hold the last head's last tiles: every tile of that slice is checked (outputs and
-// log-sum-exp). Also D = 64 in fp16, and 128-token tiles with prefix tokens (the overlap
-// schedule; 57 items a head, 14 split at 50 CTAs, 3 parts). A sparse case at 50 CTAs runs
-// unsplit beside them.
+// The split on a GPU (dense mode). Each case's CTA cap is chosen so that the split happens (its
+// part count is asserted from the rule), and every tile of the last (b, h), where the split items
+// are, is checked (outputs and log-sum-exp). 16x16x28 in 4x4x4 tiles: 56 items a head, the last 2
+// or 12 of 112 as 2, 4 or 8 parts; also D = 64 in fp16. 128-token tiles with 77 prefix tokens
+// (the overlap schedule, a prefix tile, half-empty edge tiles): 65 tiles a head, 130 items, the
+// last 10 at 40 CTAs as 4 parts. 12x12x26 in 4x4x4 tiles: 63 tiles, an odd count (the last item
+// holds one query block) with 32-token edge tiles, B = 1 and 2. A sparse case runs unsplit.
 TEST(AttentionGpuLayouts, TailSplit) {
   SKIP_WITHOUT_WS_KERNEL();
-  const Grid grid{16, 16, 28};
-  auto cubes = HeadLayouts::uniform(grid, 0, 2, TileShape{4, 4, 4});
-  auto halves = HeadLayouts::uniform(grid, 77, 2, TileShape{4, 4, 8});
-  ASSERT_TRUE(cubes.is_ok() && halves.is_ok());
+  auto cubes = HeadLayouts::uniform(Grid{16, 16, 28}, 0, 2, TileShape{4, 4, 4});
+  auto halves = HeadLayouts::uniform(Grid{16, 16, 28}, 77, 2, TileShape{4, 4, 8});
+  auto odd = HeadLayouts::uniform(Grid{12, 12, 26}, 0, 2, TileShape{4, 4, 4});
+  ASSERT_TRUE(cubes.is_ok() && halves.is_ok() && odd.is_ok());
+  struct SplitCase {
+    Case c;
+    const HeadLayouts* layouts;
+    int ctas, parts;  // the CTA cap and the part count it must give
+  };
   constexpr int kAll = 1 << 20;
-  for (const char* ctas : {"5", "50", "100"}) {
-    setenv("VEDA_ATTN_CTAS", ctas, 1);
-    run_case(Case{grid, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, *cubes, 61, nullptr);
-    run_case(Case{grid, 64, DType::kF16, 1, 1.0, 0.0, 2, kAll}, *cubes, 62, nullptr);
-    if (std::string(ctas) == "50") {
-      run_case(Case{grid, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, *halves, 63, nullptr);
-      run_case(Case{grid, 128, DType::kBF16, 1, 0.5, 0.15, 2, kAll}, *cubes, 64, nullptr);
-    }
+  const Grid g16{16, 16, 28}, g12{12, 12, 26};
+  const SplitCase cases[] = {
+      {Case{g16, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, &*cubes, 5, 2},
+      {Case{g16, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, &*cubes, 50, 4},
+      {Case{g16, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, &*cubes, 100, 8},
+      {Case{g16, 64, DType::kF16, 1, 1.0, 0.0, 2, kAll}, &*cubes, 50, 4},
+      {Case{g16, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, &*halves, 40, 4},
+      {Case{g12, 128, DType::kBF16, 1, 1.0, 0.0, 2, kAll}, &*odd, 30, 7},
+      {Case{g12, 64, DType::kF16, 2, 1.0, 0.0, 2, kAll}, &*odd, 30, 3},
+      {Case{g16, 128, DType::kBF16, 1, 0.5, 0.15, 2, kAll}, &*cubes, 50, 1},  // sparse: unsplit
+  };
+  for (const SplitCase& sc : cases) {
+    const int subs = sc.layouts->volume() / 64;
+    const int blocks = sc.layouts->max_tiles() * subs;
+    const int items = (blocks + 1) / 2 * sc.layouts->heads() * sc.c.batch;
+    const int parts = sc.c.density < 1.0 ? 1 : cuda::plan_tail_split(items, sc.ctas, blocks).parts;
+    ASSERT_EQ(parts, sc.parts) << case_name(sc.c) << " at " << sc.ctas << " CTAs";
+    setenv("VEDA_ATTN_CTAS", std::to_string(sc.ctas).c_str(), 1);
+    run_case(sc.c, *sc.layouts, 61 + sc.ctas, nullptr);
     unsetenv("VEDA_ATTN_CTAS");
   }
 }
@@ -269,6 +286,7 @@ TEST(AttentionGpuLayouts, TailSplitTiny) {
   SKIP_WITHOUT_WS_KERNEL();
   auto layouts = HeadLayouts::uniform(Grid{8, 8, 16}, 0, 2, TileShape{4, 4, 4});
   ASSERT_TRUE(layouts.is_ok()) << layouts.status().to_string();
+  ASSERT_EQ(cuda::plan_tail_split(16, 3, 16).parts, 2);
   setenv("VEDA_ATTN_CTAS", "3", 1);
   run_case(Case{Grid{8, 8, 16}, 128, DType::kBF16, 1, 1.0, 0.0, 2, 1 << 20}, *layouts, 71,
            nullptr);

@@ -23,7 +23,7 @@
 // item's first K/V loads run under this one's last steps and output stores (no CTA launch, Q load
 // or pipeline fill between items): 1.04-1.08x at wan14b in token order, 1.00x at 4x4x4 (H200).
 // The last round (plan_tail_split): where items % CTAs of equal items (dense mode) would leave
-// most SMs idle (wan1.3b-480p: 36 items on 132 SMs, 3% of the time), those items run as 2-8 units
+// SMs idle (wan1.3b-480p: 36 items on 132 SMs, 3% of the time), those items run as 2-8 units
 // each over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
 // merge_tail_parts_kernel combines them. Only the producer's key stream and the consumers' output
 // address differ for a unit.
@@ -273,16 +273,16 @@ __global__ void __launch_bounds__(384, 1)
 
   // The grid is persistent with a dynamic schedule: CTA n starts with unit n; the units past the
   // grid go to whichever CTA asks first (`units_taken`, zeroed before the launch), so an SM that
-  // runs faster takes more of them. The producer asks when it starts an item, streams the items
-  // back to back and ends each with a kEnd stage that carries the next item's index to the
-  // consumers, so the next item's K/V loads run under this item's last steps and output stores.
+  // runs faster takes more of them. The producer asks when it starts a unit, streams the units
+  // back to back and ends each with a kEnd stage that carries the next unit's index to the
+  // consumers, so the next unit's K/V loads run under this one's last steps and output stores.
   if (warp >= 8) {  // producer warpgroup: one thread issues everything
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp != 8 || lane != 0) return;
     tma_prefetch_descriptor(&tm_k);
     tma_prefetch_descriptor(&tm_v);
     Ring at;
-    // The next item's index waits in shared memory: the producer's 24 registers hold no more.
+    // The next unit's index waits in shared memory: the producer's 24 registers hold no more.
     __shared__ int next_unit;
     for (int w = blockIdx.x; w < num_units; w = next_unit) {
       next_unit = int(gridDim.x + atomicAdd(units_taken, 1u));
