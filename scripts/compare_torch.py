@@ -46,7 +46,7 @@ def time_cuda(fn, warmup, runs, warmup_seconds):
         ends[i].record()
     torch.cuda.synchronize()
     ms = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    return median(ms), min(ms)
+    return median(ms)
 
 
 def median(xs):
@@ -143,14 +143,14 @@ def main():
                 for r in run_veda(args.veda, preset, B, densities, args, tile):
                     veda_rounds.setdefault((tile, round(r["density_requested"], 4)), []).append(r)
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                ms, _ = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v),
+                ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v),
                                   args.warmup, args.runs, args.warmup_seconds)
             cudnn_rounds.append(ms)
             print(f"{preset} round {rnd + 1}: cuDNN SDPA dense {ms:.3f} ms "
                   f"({flops_dense / ms / 1e9:.1f} TFLOP/s)", flush=True)
             if flex is not None:
                 for density, (fn, _) in flex_fns.items():
-                    ms, _ = time_cuda(fn, args.warmup, args.runs, args.warmup_seconds)
+                    ms = time_cuda(fn, args.warmup, args.runs, args.warmup_seconds)
                     flex_rounds.setdefault(density, []).append(ms)
         cudnn_ms = median(cudnn_rounds)
 

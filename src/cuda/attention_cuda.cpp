@@ -131,7 +131,8 @@ int query_blocks(const AttentionParams& p) {
 // run many items a CTA on small shapes), at most 2^16 (the last round's split sizes its scratch
 // and its merge grid by it).
 int ws_ctas(const DeviceInfo& info) {
-  if (const char* env = std::getenv("VEDA_ATTN_CTAS")) return std::clamp(std::atoi(env), 1, 1 << 16);
+  if (const char* env = std::getenv("VEDA_ATTN_CTAS"))
+    return std::clamp(std::atoi(env), 1, 1 << 16);
   return info.sms;
 }
 

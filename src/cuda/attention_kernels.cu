@@ -97,12 +97,12 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (attr_err != cudaSuccess) return attr_err;
     // At most 2^30 items (attention_cuda checks), so the kernel's unit indices fit an int.
-    const int items = int((f.num_q_blocks + 1) / 2 * int64_t(f.heads) * batch);
+    const int items = ws_item_count(f.num_q_blocks, f.heads, batch);
     if (ctas < 1) return cudaErrorInvalidValue;
     // Dense mode only: there the items are equal. Sparse items differ in length, the dynamic
     // schedule already evens out the end, and a split timed level (thirteenth session).
     const TailSplit split = f.mask_counts ? TailSplit{items, 1}
-                                          : plan_tail_split(items, ctas, f.num_tiles * f.subs);
+                                          : plan_tail_split(items, ctas, f.num_q_blocks);
     const int split_items = items - split.whole;
     const int part_units = split_items * split.parts;
     const int units = split.whole + part_units;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -56,14 +57,16 @@ struct TailSplit {
 };
 inline constexpr int kMaxTailParts = 8;
 inline constexpr int kMinTailPartBlocks = 8;  // 64-key blocks a part keeps at least (4 steps)
-// `key_blocks`: the 64-key blocks of an item's key list.
+// The kernel's items: pairs of 64-row query blocks of each (b, h).
+constexpr int ws_item_count(int num_q_blocks, int heads, int batch) {
+  return (num_q_blocks + 1) / 2 * heads * batch;
+}
+// `key_blocks`: the 64-key blocks of an item's key list (in dense mode, the query blocks).
 constexpr TailSplit plan_tail_split(int items, int ctas, int key_blocks) {
   if (items <= 0 || ctas <= 0) return {items, 1};
   const int last = items % ctas;  // all of them when items < ctas
   if (last == 0) return {items, 1};
-  int parts = ctas / last;
-  if (parts > kMaxTailParts) parts = kMaxTailParts;
-  if (parts > key_blocks / kMinTailPartBlocks) parts = key_blocks / kMinTailPartBlocks;
+  const int parts = std::min({ctas / last, kMaxTailParts, key_blocks / kMinTailPartBlocks});
   if (parts < 2) return {items, 1};
   return {items - last, parts};
 }

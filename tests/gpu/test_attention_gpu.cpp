@@ -270,9 +270,8 @@ TEST(AttentionGpuLayouts, TailSplit) {
       {Case{g16, 128, DType::kBF16, 1, 0.5, 0.15, 2, kAll}, &*cubes, 50, 1},  // sparse: unsplit
   };
   for (const SplitCase& sc : cases) {
-    const int subs = sc.layouts->volume() / 64;
-    const int blocks = sc.layouts->max_tiles() * subs;
-    const int items = (blocks + 1) / 2 * sc.layouts->heads() * sc.c.batch;
+    const int blocks = sc.layouts->max_tiles() * (sc.layouts->volume() / 64);
+    const int items = cuda::ws_item_count(blocks, sc.layouts->heads(), sc.c.batch);
     const int parts = sc.c.density < 1.0 ? 1 : cuda::plan_tail_split(items, sc.ctas, blocks).parts;
     ASSERT_EQ(parts, sc.parts) << case_name(sc.c) << " at " << sc.ctas << " CTAs";
     setenv("VEDA_ATTN_CTAS", std::to_string(sc.ctas).c_str(), 1);
