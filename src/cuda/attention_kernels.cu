@@ -136,12 +136,8 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     const cudaError_t free_err = cudaFreeAsync(scratch, stream);
     return err != cudaSuccess ? err : free_err;
   };
-  // The intra-warpgroup overlap pays where a CTA's two query blocks are one 128-token tile. It has
-  // run on a GPU at D = 128, bf16 only; D = 64 and fp16 keep the schedule without it until then.
-  constexpr bool kOverlapTested = D == 128 && std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (kOverlapTested) {
-    if (f.subs == 2) return launch(std::true_type{});
-  }
+  // The intra-warpgroup overlap pays where a CTA's two query blocks are one 128-token tile.
+  if (f.subs == 2) return launch(std::true_type{});
   return launch(std::false_type{});
 }
 

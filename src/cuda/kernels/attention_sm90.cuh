@@ -73,26 +73,31 @@ __device__ __forceinline__ uint64_t v_tile_desc(uint32_t tile) {
 }
 
 // S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps), Q as register A
-// fragments, K's tile descriptor `k_desc`. k-step kk (columns 16kk..16kk+15) of the K-major tile
-// in the layout above starts (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it.
-template <int D, class T>
+// fragments, K's tile descriptor `k_desc`. k-step kk (columns 16kk..16kk+15) of a K-major tile
+// in the layout above starts (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it; the
+// column blocks of K lie kKChunk bytes apart (8192 in this file's layout; the warp-specialised
+// kernel keeps its stages' column blocks together, see there).
+template <int kKChunk>
+__device__ __forceinline__ uint32_t k_step_offset(int kk) {
+  return (kk >> 2) * kKChunk + (kk & 3) * 32;
+}
+template <int D, class T, int kKChunk = 8192>
 __device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
                                        uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<64, T>(s, q[kk], desc_advance(k_desc, (kk >> 2) * 8192 + (kk & 3) * 32),
-                      kk > 0 ? 1 : 0);
+    wgmma_rs_s<64, T>(s, q[kk], desc_advance(k_desc, k_step_offset<kKChunk>(kk)), kk > 0 ? 1 : 0);
 }
 
-// S for a 64-key block with Q in shared memory (same layout as a K tile, `q_desc`): the k-steps
-// of both operands advance by the same offsets (see the register-Q s_gemm above).
-template <int D, class T>
-__device__ __forceinline__ void s_gemm(float (&s)[32], uint64_t q_desc, uint64_t k_desc) {
+// S for N = 64 or 128 keys with Q in shared memory (same layout as a K tile, `q_desc`). N = 128
+// needs the two 64-key blocks' K rows 8192 bytes apart in each column block (one operand of 16
+// 8-row groups, 1024 bytes each).
+template <int D, class T, int N, int kKChunk = 8192>
+__device__ __forceinline__ void s_gemm_smem_q(float (&s)[N / 2], uint64_t q_desc, uint64_t k_desc) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-    wgmma_ss_s<64, T>(s, desc_advance(q_desc, off), desc_advance(k_desc, off), kk > 0 ? 1 : 0);
-  }
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_ss_s<N, T>(s, desc_advance(q_desc, k_step_offset<8192>(kk)),
+                     desc_advance(k_desc, k_step_offset<kKChunk>(kk)), kk > 0 ? 1 : 0);
 }
 
 // Q rows of one 64-row block straight from global memory into wgmma A fragments: warp w of the
@@ -129,15 +134,31 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
 // either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
 // Q: register A fragments (uint32_t[D / 16][4]) or a shared-memory descriptor (uint64_t), as the
-// s_gemm overloads take it.
-template <int D, class T, int NB, class Q>
+// s_gemm forms take it. kPair (Q in shared memory, NB = 2, the blocks' K rows adjacent as
+// s_gemm_smem_q's N = 128 form needs): one m64n128k16 chain instead of two m64n64k16 ones, which
+// reads Q from shared memory once, not twice: at N = 64 an S with both operands in shared memory
+// reads 128 bytes a clock (2 KB of Q and 2 KB of K per 32-cycle wgmma), all of the SM's
+// shared-memory bandwidth, with the TMA writes and P V's reads of V competing for it; at N =
+// 128, 96.
+template <int D, class T, int NB, int kKChunk = 8192, bool kPair = false, class Q>
 __device__ __forceinline__ void issue_s(float (&s)[NB][32], const Q& q,
                                         const uint64_t (&k_desc)[NB]) {
 #pragma unroll
   for (int b = 0; b < NB; ++b) fence_operands(s[b]);
   wgmma_fence();
+  if constexpr (kPair) {
+    static_assert(NB == 2 && std::is_same_v<Q, uint64_t>, "a pair: two blocks, Q in shared memory");
+    s_gemm_smem_q<D, T, 128, kKChunk>(reinterpret_cast<float(&)[64]>(s), q, k_desc[0]);
+  } else {
 #pragma unroll
-  for (int b = 0; b < NB; ++b) s_gemm<D, T>(s[b], q, k_desc[b]);
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (std::is_same_v<Q, uint64_t>) {
+        s_gemm_smem_q<D, T, 64, kKChunk>(s[b], q, k_desc[b]);
+      } else {
+        s_gemm<D, T, kKChunk>(s[b], q, k_desc[b]);
+      }
+    }
+  }
   wgmma_commit();
 }
 

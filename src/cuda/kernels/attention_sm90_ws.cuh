@@ -10,7 +10,11 @@
 // Steps: a consumer takes its key blocks two at a time when two consecutive stages (ring order,
 // wrapping) are both its own: S for both 64-key blocks in one commit group, one softmax over the
 // 128 columns (each block masked past its own valid keys), one rescale of O, P V over both V
-// tiles, both stages released together. The producer, which knows the next stage when it tags
+// tiles, both stages released together. With 128-token tiles (kOverlap) S over the pair is one
+// m64n128k16 chain, which reads Q from shared memory once instead of twice (SS at N = 64 needs
+// all of the shared-memory bandwidth: issue_s): the ring keeps its K tiles by column block, so
+// two consecutive stages' K rows are one operand, and there the producer pairs no stage across
+// the ring's wrap (1.03-1.05x dense, 1.03x at 5%, H100, fourteenth session). The producer, which knows the next stage when it tags
 // this one, marks the pair in the tag, so a consumer never waits for a stage it does not use;
 // otherwise (the next stage is not its own, or ends the stream) it takes one block. A step's P V
 // is never waited for at its end: with 128-token tiles it is issued after the next step's S and
@@ -56,7 +60,8 @@
 // the consumer's registers and slowed whole items; two Q slots a warpgroup with a 5-stage ring
 // (0.80x dense) (tenth session); the next item's Q copied as soon as the item's last S is done,
 // under its last P V and O stores (level at 5%: the wait moved to the item's end; 0.97x dense)
-// (eleventh session).
+// (eleventh session); an empty stage before an item that would start at an odd stage, so that
+// no 128-key step meets the ring's wrap (level with v23, fourteenth session).
 #pragma once
 #include <cuda.h>
 
@@ -71,7 +76,12 @@ template <int D>
 struct WsConfig {
   static constexpr int kTileBytes = 64 * D * 2;
   static constexpr int kStageBytes = 2 * kTileBytes;  // K + V
+  // The ring's K tiles by column block, [D / 64][kStages][64 rows][128 bytes], so that two
+  // consecutive stages' K rows are one 128-row operand (S over a 128-key step in one N = 128
+  // wgmma chain: issue_s's kPair); then its V tiles, [kStages][tile].
   static constexpr int kStages = D == 128 ? 6 : 8;     // 192 KB / 128 KB of ring
+  static constexpr int kKChunkBytes = kStages * 8192;
+  static constexpr int kVOffset = kStages * kTileBytes;
   static_assert(kStages >= 2, "a 128-key step holds two stages");
   static constexpr int kRingBytes = kStages * kStageBytes;
   static constexpr int kQBytes = 2 * kTileBytes;  // both query blocks, same layout as a K tile
@@ -306,7 +316,9 @@ __global__ void __launch_bounds__(384, 1)
       for (; cur.need; cur = next, next.advance()) {
         mbar_wait(empty_bar + 8 * at.stage, at.phase ^ 1);
         const uint32_t start = cur.need & ~second;  // consumers whose step starts here
-        const uint32_t pair = start & next.need;    // ... and takes the next stage too
+        // ... and takes the next stage too (with kOverlap, not across the ring's wrap: S over a
+        // pair needs its K rows adjacent)
+        const uint32_t pair = kOverlap && at.stage == C::kStages - 1 ? 0u : start & next.need;
         const bool turn = start == 3u && (pair == 0u || pair == 3u);
         const uint32_t next_valid = pair ? uint32_t(block_valid(next.tile_valid, next.sub)) : 0u;
         words[at.stage] = cur.need | pair << C::kPairShift | (turn ? C::kTurn : 0u) |
@@ -315,15 +327,16 @@ __global__ void __launch_bounds__(384, 1)
         second = pair;
         const uint32_t bar = full_bar + 8 * at.stage;
         mbar_arrive_expect_tx(bar, C::kStageBytes);
-        const uint32_t dst = ring + at.stage * C::kStageBytes;
+        const uint32_t k_dst = ring + at.stage * 8192,
+                       v_dst = ring + C::kVOffset + at.stage * C::kTileBytes;
         const int row = cur.tile * p.tile_size + cur.sub * 64;
         // K and V at normal L2 priority: with Q and O streaming past L2, evict_last on them
         // timed the same (0.99-1.01x, seventh session) and kept its priority after the kernel.
 #pragma unroll
         for (int cb = 0; cb < D / 64; ++cb) {
-          tma_load_4d(dst + cb * 8192, &tm_k, bar, cb * 64, row, it.h, it.b, kL2EvictNormal);
-          tma_load_4d(dst + C::kTileBytes + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b,
+          tma_load_4d(k_dst + cb * C::kKChunkBytes, &tm_k, bar, cb * 64, row, it.h, it.b,
                       kL2EvictNormal);
+          tma_load_4d(v_dst + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b, kL2EvictNormal);
         }
         at.advance();
       }
@@ -347,21 +360,22 @@ __global__ void __launch_bounds__(384, 1)
   // Descriptors as adds to stage 0's K descriptor, not each rebuilt from its tile's address
   // (masks, shifts; ptxas also rebuilt Q's every step): the start-address field (bits 0-13,
   // shared address / 16) of Q's and of stage s's K and V tiles is stage 0's plus an offset
-  // (s * kStageBytes / 16: one uniform add a stage), and V's leading byte offset (bits 16-29) is
-  // 8192 where K's is 16. Shared addresses stay below 2^18, so no field carries into the next.
+  // (s * 8192 / 16 for K, s * kTileBytes / 16 for V: one uniform add a stage), and V's leading
+  // byte offset (bits 16-29) is 8192 where K's is 16. Shared addresses stay below 2^18, so no
+  // field carries into the next.
   const uint64_t k_desc0 = k_tile_desc(ring);
-  const uint64_t v_desc0 = desc_advance16(k_desc0, C::kTileBytes / 16 + ((8192 - 16) >> 4 << 16));
+  const uint64_t v_desc0 = desc_advance16(k_desc0, C::kVOffset / 16 + ((8192 - 16) >> 4 << 16));
   const uint64_t q_desc = desc_advance16(k_desc0, (C::kRingBytes + c * C::kTileBytes) / 16);
-  // The low word of stage `stage`'s descriptor (K: k_desc0, V: v_desc0), and a descriptor from
-  // such a word. The opaque move keeps the compiler from adding the k-steps' offsets to the base
-  // before the stage's (ptxas then rebuilt three of those sums every step).
-  const auto stage_lo = [](uint64_t desc0, int stage) {
+  // The low word of stage `stage`'s K or V descriptor, and a descriptor from such a word. The
+  // opaque move keeps the compiler from adding the k-steps' offsets to the base before the
+  // stage's (ptxas then rebuilt three of those sums every step).
+  const auto stage_lo = [](uint64_t desc0, int stage, uint32_t stage_bytes) {
     uint32_t lo;
-    asm("mov.b32 %0, %1;"
-        : "=r"(lo)
-        : "r"(uint32_t(desc0) + uint32_t(stage) * (C::kStageBytes / 16)));
+    asm("mov.b32 %0, %1;" : "=r"(lo) : "r"(uint32_t(desc0) + uint32_t(stage) * (stage_bytes / 16)));
     return lo;
   };
+  const auto k_stage_lo = [&](int stage) { return stage_lo(k_desc0, stage, 8192); };
+  const auto v_stage_lo = [&](int stage) { return stage_lo(v_desc0, stage, C::kTileBytes); };
   const auto with_lo = [](uint64_t desc0, uint32_t lo) { return desc0 >> 32 << 32 | lo; };
 
   // A stage as this warp sees it: wait until it is full, then lane 0 reads its word and shares it
@@ -390,7 +404,7 @@ __global__ void __launch_bounds__(384, 1)
   static_assert(C::kStages >= (kOverlap ? 5 : 4),
                 "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
-  uint32_t v_prev[2] = {0, 0};  // ... and its V tiles (stage_lo of v_desc0)
+  uint32_t v_prev[2] = {0, 0};  // ... and its V tiles (v_stage_lo)
   int nb_prev = 0;
   Ring at, held;
   const auto release_held = [&](int stages) {  // `stages` (1 or 2) from `held` on
@@ -440,11 +454,11 @@ __global__ void __launch_bounds__(384, 1)
     float s[NB][32];
     uint64_t k_desc[NB];
 #pragma unroll
-    for (int i = 0; i < NB; ++i) k_desc[i] = with_lo(k_desc0, stage_lo(k_desc0, stage[i]));
-    if constexpr (kOverlap) {
-      issue_s<D, T, NB>(s, q_desc, k_desc);
+    for (int i = 0; i < NB; ++i) k_desc[i] = with_lo(k_desc0, k_stage_lo(stage[i]));
+    if constexpr (kOverlap) {  // a pair's stages are adjacent (the producer never pairs the wrap)
+      issue_s<D, T, NB, C::kKChunkBytes, NB == 2>(s, q_desc, k_desc);
     } else {
-      issue_s<D, T, NB>(s, q_frag, k_desc);
+      issue_s<D, T, NB, C::kKChunkBytes>(s, q_frag, k_desc);
     }
     if constexpr (NBP > 0) {
       uint64_t v_desc[NBP];
@@ -476,7 +490,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int t = 0; t < 4; ++t)
 #pragma unroll
         for (int r = 0; r < 4; ++r) p_prev[i][t][r] = p_cur[i][t][r];
-      v_prev[i] = stage_lo(v_desc0, stage[i]);
+      v_prev[i] = v_stage_lo(stage[i]);
     }
     nb_prev = NB;
     held = first;
