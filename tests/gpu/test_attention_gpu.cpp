@@ -199,7 +199,7 @@ TEST(AttentionGpuLayouts, PersistentGridTiny) {
     for (double dens : {1.0, 0.5})
       run_case(Case{Grid{4, 8, 16}, 128, DType::kBF16, 2, dens, dens < 1.0 ? 0.25 : 0.0},
                *layouts, 31, nullptr);
-    // The other instantiations (128-token tiles: the overlapped steps at D = 64, fp16).
+    // D = 64 in fp16, the other instantiations (with 4x4x8 tiles: the overlapped steps).
     run_case(Case{Grid{4, 8, 16}, 64, DType::kF16, 2, 1.0, 0.0}, *layouts, 32, nullptr);
   }
 }

@@ -10,16 +10,17 @@
 // Steps: a consumer takes its key blocks two at a time when two consecutive stages (ring order,
 // wrapping) are both its own: S for both 64-key blocks in one commit group, one softmax over the
 // 128 columns (each block masked past its own valid keys), one rescale of O, P V over both V
-// tiles, both stages released together. With 128-token tiles (kOverlap) S over the pair is one
-// m64n128k16 chain, which reads Q from shared memory once instead of twice (SS at N = 64 needs
-// all of the shared-memory bandwidth: issue_s): the ring keeps its K tiles by column block, so
-// two consecutive stages' K rows are one operand, and there the producer pairs no stage across
-// the ring's wrap (1.03-1.05x dense, 1.03x at 5%, H100, fourteenth session). The producer, which knows the next stage when it tags
-// this one, marks the pair in the tag, so a consumer never waits for a stage it does not use;
-// otherwise (the next stage is not its own, or ends the stream) it takes one block. A step's P V
-// is never waited for at its end: with 128-token tiles it is issued after the next step's S and
-// runs under that step's softmax (FA3's intra-warpgroup overlap, Q in shared memory); with
-// 64-token tiles the next S queues behind it (kOverlap, see the consumer loop).
+// tiles, both stages released together. The ring keeps its K tiles by column block, so two
+// consecutive stages' K rows are one operand: with 128-token tiles (kOverlap) S over a pair is
+// one m64n128k16 chain, which reads Q from shared memory once instead of twice (SS at N = 64
+// needs all of the shared-memory bandwidth: issue_s), and there the producer pairs no stage
+// across the ring's wrap (1.03-1.09x dense, 1.03-1.05x at 5% and 3%, H100, fourteenth session).
+// The producer, which knows the next stage when it tags this one, marks the pair in the tag, so a
+// consumer never waits for a stage it does not use; otherwise (the next stage is not its own, or
+// ends the stream) it takes one block. A step's P V is never waited for at its end: with 128-token
+// tiles it is issued after the next step's S and runs under that step's softmax (FA3's
+// intra-warpgroup overlap, Q in shared memory); with 64-token tiles the next S queues behind it
+// (kOverlap, see the consumer loop).
 //
 // The grid is persistent, one CTA an SM, and takes work items dynamically (an atomic counter): an
 // item is query blocks 2x and 2x+1 of one (b, h), the halves of a 128-token tile, or two
@@ -65,6 +66,7 @@
 #pragma once
 #include <cuda.h>
 
+#include <cassert>
 #include <type_traits>
 
 #include "attention_sm90.cuh"
@@ -557,6 +559,7 @@ __global__ void __launch_bounds__(384, 1)
           // Holding this stage while waiting for that one cannot deadlock: the producer fills
           // stages in ring order, and the next one needs only stages that every consumer released
           // before this one.
+          assert(!kOverlap || at.stage != C::kStages - 1);  // kPair: adjacent K rows
           Ring nx = at;
           nx.advance();
           wait_full(nx);
