@@ -62,7 +62,8 @@
 // (0.80x dense) (tenth session); the next item's Q copied as soon as the item's last S is done,
 // under its last P V and O stores (level at 5%: the wait moved to the item's end; 0.97x dense)
 // (eleventh session); an empty stage before an item that would start at an odd stage, so that
-// no 128-key step meets the ring's wrap (level with v23, fourteenth session).
+// no 128-key step meets the ring's wrap (level with v23); Q in registers for the overlapped
+// steps too, S as an m64n128k16 chain with A from registers (0.96-1.01x) (fourteenth session).
 #pragma once
 #include <cuda.h>
 
