@@ -49,9 +49,10 @@ def time_cuda(fn, warmup, runs, warmup_seconds):
     return median(ms)
 
 
-def median(xs):
-    """The upper middle of an even count: a measured time, as `veda bench` reports."""
-    return sorted(xs)[len(xs) // 2]
+def median(xs, key=None):
+    """The upper middle of an even count: a measured time, as `veda bench` reports (with `key`,
+    the element whose key is the median)."""
+    return sorted(xs, key=key)[len(xs) // 2]
 
 
 def random_block_mask(batch, heads, nblocks, density, device, seed):
@@ -164,7 +165,7 @@ def main():
                 row = dict(base, tile=tile)
                 vrs = veda_rounds.get((tile, round(density, 4)))
                 if vrs:
-                    vr = sorted(vrs, key=lambda r: r["ms_median"])[len(vrs) // 2]
+                    vr = median(vrs, key=lambda r: r["ms_median"])
                     row.update(veda_ms=vr["ms_median"], veda_tflops=vr["tflops_actual"],
                                veda_dense_eq_tflops=vr["tflops_dense_equiv"],
                                veda_density=vr["density"], veda_kernel=vr["kernel"],

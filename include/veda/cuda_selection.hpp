@@ -105,6 +105,10 @@ struct GpuTileStatsInput {
   const float* k_max = nullptr;
   const float* k_min = nullptr;
   std::vector<uint8_t> heads;  // [heads]: 1 = given
+
+  // Whether the selector reads statistic i (0-5: q mean, max, min, then k's): every one but q
+  // max and min, which only where its reads_query_extrema() (`query_extrema`) is true.
+  static bool is_read(int i, bool query_extrema) { return i == 0 || i >= 3 || query_extrema; }
 };
 
 // Owns the device copies of the layouts (slot_token, tile_valid, per-head budgets and biases),

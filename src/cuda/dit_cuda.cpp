@@ -597,7 +597,7 @@ Status WanCudaModel::Impl::prepare(int64_t batch, Grid grid, int64_t text_tokens
       query_extrema |= plan.selector.reads_query_extrema();
     float* stats[6];
     for (int i = 0; i < 6; ++i) {
-      if (ProducerTables::statistic_used(i, query_extrema))
+      if (GpuTileStatsInput::is_read(i, query_extrema))
         VEDA_RETURN_IF_ERROR(alloc(fb->tile_stats[i], size_t(batch * H * mask_rows * D) * f4));
       stats[i] = fb->tile_stats[i].as<float>();
     }

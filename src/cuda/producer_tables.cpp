@@ -46,9 +46,9 @@ void ProducerTables::set_layout(dit_cuda::TileProducerParams& p) const {
 }
 
 namespace {
-// stats[i] where the producer writes statistic i (ProducerTables::statistic_used), else null.
+// stats[i] where the producer writes statistic i (the selector reads it), else null.
 float* used_statistic(float* const stats[6], int i, bool query_extrema) {
-  return stats && ProducerTables::statistic_used(i, query_extrema) ? stats[i] : nullptr;
+  return stats && GpuTileStatsInput::is_read(i, query_extrema) ? stats[i] : nullptr;
 }
 }  // namespace
 

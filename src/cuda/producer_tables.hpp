@@ -29,12 +29,10 @@ struct ProducerTables {
   void set_layout(dit_cuda::TileProducerParams& p) const;
 
   // Statistics buffers, [batch, heads, max_tiles, head_dim] f32 each: q mean, max, min, then k's;
-  // q max and min are used only with `query_extrema` (GpuSelector::reads_query_extrema):
-  // statistic_used says which. set_statistics points p.t[0] (q) and p.t[1] (k) at them (stats
-  // null: no statistics); given() is the selector's view of what the producer wrote there.
-  static bool statistic_used(int i, bool query_extrema) {
-    return i == 0 || i >= 3 || query_extrema;
-  }
+  // the producer writes those the selector reads (GpuTileStatsInput::is_read: q max and min only
+  // with `query_extrema`, GpuSelector::reads_query_extrema). set_statistics points p.t[0] (q) and
+  // p.t[1] (k) at them (stats null: no statistics); given() is the selector's view of what the
+  // producer wrote there.
   static void set_statistics(dit_cuda::TileProducerParams& p, float* const stats[6],
                              bool query_extrema);
   GpuTileStatsInput given(float* const stats[6], bool query_extrema) const;

@@ -293,8 +293,7 @@ struct GpuSelector::Impl {
     const char* what[6] = {"q mean", "q max", "q min", "k mean", "k max", "k min"};
     const bool query_extrema = needs_extrema(q_kind());
     for (int t = 0; t < 6; ++t) {
-      const bool may_be_null = (t == 1 || t == 2) && !query_extrema;  // q max / min, unread
-      if (!bufs[t] && !may_be_null)
+      if (!bufs[t] && GpuTileStatsInput::is_read(t, query_extrema))
         return invalid_argument(fmt::format(
             "GpuSelector::select_tiled: the given {} is null (only q max and min may be, where "
             "reads_query_extrema() is false)", what[t]));

@@ -72,28 +72,28 @@ __device__ __forceinline__ uint64_t v_tile_desc(uint32_t tile) {
   return smem_desc_128b(tile, 8192, 1024);
 }
 
-// S for a 64-key block: this warpgroup's 64 rows x 64 keys (D/16 k-steps), Q as register A
-// fragments, K's tile descriptor `k_desc`. k-step kk (columns 16kk..16kk+15) of a K-major tile
-// in the layout above starts (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks into it; the
-// column blocks of K lie kKChunk bytes apart (8192 in this file's layout; the warp-specialised
-// kernel keeps its stages' column blocks together, see there).
+// S for N keys (the kernels use N = 64 here): this warpgroup's 64 rows x N keys (D/16 k-steps),
+// Q as register A fragments, K's tile descriptor `k_desc`. k-step kk (columns 16kk..16kk+15) of
+// a K-major tile in the layout above starts (kk / 4) 64-column blocks and (kk % 4) 32-byte chunks
+// into it; the column blocks of K lie kKChunk bytes apart (8192 in this file's layout; the
+// warp-specialised kernel keeps its stages' column blocks together, see there).
 template <int kKChunk>
 __device__ __forceinline__ uint32_t k_step_offset(int kk) {
   return (kk >> 2) * kKChunk + (kk & 3) * 32;
 }
-template <int D, class T, int kKChunk = 8192>
-__device__ __forceinline__ void s_gemm(float (&s)[32], const uint32_t (&q)[D / 16][4],
+template <int D, class T, int N, int kKChunk>
+__device__ __forceinline__ void s_gemm(float (&s)[N / 2], const uint32_t (&q)[D / 16][4],
                                        uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    wgmma_rs_s<64, T>(s, q[kk], desc_advance(k_desc, k_step_offset<kKChunk>(kk)), kk > 0 ? 1 : 0);
+    wgmma_rs_s<N, T>(s, q[kk], desc_advance(k_desc, k_step_offset<kKChunk>(kk)), kk > 0 ? 1 : 0);
 }
 
-// S for N = 64 or 128 keys with Q in shared memory (same layout as a K tile, `q_desc`). N = 128
+// S with Q in shared memory (same layout as a K tile, `q_desc`), N = 64 or 128 keys. N = 128
 // needs the two 64-key blocks' K rows 8192 bytes apart in each column block (one operand of 16
 // 8-row groups, 1024 bytes each).
-template <int D, class T, int N, int kKChunk = 8192>
-__device__ __forceinline__ void s_gemm_smem_q(float (&s)[N / 2], uint64_t q_desc, uint64_t k_desc) {
+template <int D, class T, int N, int kKChunk>
+__device__ __forceinline__ void s_gemm(float (&s)[N / 2], uint64_t q_desc, uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
     wgmma_ss_s<N, T>(s, desc_advance(q_desc, k_step_offset<8192>(kk)),
@@ -134,8 +134,8 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
 // S always spans 64 keys per block: an N = 16 form for the ragged edge blocks of <= 16 keys, in
 // either a shared or its own accumulator, made ptxas serialize every wgmma of the kernel (C7511).
 // Q: register A fragments (uint32_t[D / 16][4]) or a shared-memory descriptor (uint64_t), as the
-// s_gemm forms take it. kPair (Q in shared memory, NB = 2, the blocks' K rows adjacent as
-// s_gemm_smem_q's N = 128 form needs): one m64n128k16 chain instead of two m64n64k16 ones, which
+// s_gemm overloads take it. kPair (Q in shared memory, NB = 2, the blocks' K rows adjacent as
+// s_gemm's N = 128 form needs): one m64n128k16 chain instead of two m64n64k16 ones, which
 // reads Q from shared memory once, not twice: at N = 64 an S with both operands in shared memory
 // reads 128 bytes a clock (2 KB of Q and 2 KB of K per 32-cycle wgmma), all of the SM's
 // shared-memory bandwidth, with the TMA writes and P V's reads of V competing for it; at N =
@@ -148,16 +148,10 @@ __device__ __forceinline__ void issue_s(float (&s)[NB][32], const Q& q,
   wgmma_fence();
   if constexpr (kPair) {
     static_assert(NB == 2 && std::is_same_v<Q, uint64_t>, "a pair: two blocks, Q in shared memory");
-    s_gemm_smem_q<D, T, 128, kKChunk>(reinterpret_cast<float(&)[64]>(s), q, k_desc[0]);
+    s_gemm<D, T, 128, kKChunk>(reinterpret_cast<float(&)[64]>(s), q, k_desc[0]);
   } else {
 #pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      if constexpr (std::is_same_v<Q, uint64_t>) {
-        s_gemm_smem_q<D, T, 64, kKChunk>(s[b], q, k_desc[b]);
-      } else {
-        s_gemm<D, T, kKChunk>(s[b], q, k_desc[b]);
-      }
-    }
+    for (int b = 0; b < NB; ++b) s_gemm<D, T, 64, kKChunk>(s[b], q, k_desc[b]);
   }
   wgmma_commit();
 }

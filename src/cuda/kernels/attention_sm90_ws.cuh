@@ -83,7 +83,8 @@ struct WsConfig {
   // consecutive stages' K rows are one 128-row operand (S over a 128-key step in one N = 128
   // wgmma chain: issue_s's kPair); then its V tiles, [kStages][tile].
   static constexpr int kStages = D == 128 ? 6 : 8;     // 192 KB / 128 KB of ring
-  static constexpr int kKChunkBytes = kStages * 8192;
+  static constexpr int kBlockBytes = 64 * 128;  // 64 rows of one 64-column block
+  static constexpr int kKChunkBytes = kStages * kBlockBytes;
   static constexpr int kVOffset = kStages * kTileBytes;
   static_assert(kStages >= 2, "a 128-key step holds two stages");
   static constexpr int kRingBytes = kStages * kStageBytes;
@@ -330,7 +331,7 @@ __global__ void __launch_bounds__(384, 1)
         second = pair;
         const uint32_t bar = full_bar + 8 * at.stage;
         mbar_arrive_expect_tx(bar, C::kStageBytes);
-        const uint32_t k_dst = ring + at.stage * 8192,
+        const uint32_t k_dst = ring + at.stage * C::kBlockBytes,
                        v_dst = ring + C::kVOffset + at.stage * C::kTileBytes;
         const int row = cur.tile * p.tile_size + cur.sub * 64;
         // K and V at normal L2 priority: with Q and O streaming past L2, evict_last on them
@@ -339,7 +340,8 @@ __global__ void __launch_bounds__(384, 1)
         for (int cb = 0; cb < D / 64; ++cb) {
           tma_load_4d(k_dst + cb * C::kKChunkBytes, &tm_k, bar, cb * 64, row, it.h, it.b,
                       kL2EvictNormal);
-          tma_load_4d(v_dst + cb * 8192, &tm_v, bar, cb * 64, row, it.h, it.b, kL2EvictNormal);
+          tma_load_4d(v_dst + cb * C::kBlockBytes, &tm_v, bar, cb * 64, row, it.h, it.b,
+                      kL2EvictNormal);
         }
         at.advance();
       }
@@ -363,9 +365,9 @@ __global__ void __launch_bounds__(384, 1)
   // Descriptors as adds to stage 0's K descriptor, not each rebuilt from its tile's address
   // (masks, shifts; ptxas also rebuilt Q's every step): the start-address field (bits 0-13,
   // shared address / 16) of Q's and of stage s's K and V tiles is stage 0's plus an offset
-  // (s * 8192 / 16 for K, s * kTileBytes / 16 for V: one uniform add a stage), and V's leading
-  // byte offset (bits 16-29) is 8192 where K's is 16. Shared addresses stay below 2^18, so no
-  // field carries into the next.
+  // (s * kBlockBytes / 16 for K, s * kTileBytes / 16 for V: one uniform add a stage), and V's
+  // leading byte offset (bits 16-29) is 8192 where K's is 16. Shared addresses stay below 2^18,
+  // so no field carries into the next.
   const uint64_t k_desc0 = k_tile_desc(ring);
   const uint64_t v_desc0 = desc_advance16(k_desc0, C::kVOffset / 16 + ((8192 - 16) >> 4 << 16));
   const uint64_t q_desc = desc_advance16(k_desc0, (C::kRingBytes + c * C::kTileBytes) / 16);
@@ -377,7 +379,7 @@ __global__ void __launch_bounds__(384, 1)
     asm("mov.b32 %0, %1;" : "=r"(lo) : "r"(uint32_t(desc0) + uint32_t(stage) * (stage_bytes / 16)));
     return lo;
   };
-  const auto k_stage_lo = [&](int stage) { return stage_lo(k_desc0, stage, 8192); };
+  const auto k_stage_lo = [&](int stage) { return stage_lo(k_desc0, stage, C::kBlockBytes); };
   const auto v_stage_lo = [&](int stage) { return stage_lo(v_desc0, stage, C::kTileBytes); };
   const auto with_lo = [](uint64_t desc0, uint32_t lo) { return desc0 >> 32 << 32 | lo; };
 

@@ -133,7 +133,7 @@ __device__ __forceinline__ void wgmma_rs_tb<128, __half>(float (&d)[64], const u
 
 
 template <int N, class T>
-__device__ void wgmma_rs_s(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int scale_d);
+__device__ void wgmma_rs_s(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, int scale_d);
 
 template <>
 __device__ __forceinline__ void wgmma_rs_s<64, __nv_bfloat16>(float (&d)[32], const uint32_t (&a)[4],
