@@ -28,7 +28,7 @@ SECONDS=0
 OUT=$LOG bash scripts/gpu_check.sh || exit 1
 # ptxas reports wgmma serialization (C7511, C7512, C7520: "Potential Performance Loss") only with -v:
 # a silent 30% loss when it appears.
-nvcc -std=c++20 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
+nvcc -std=c++20 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
   -c src/cuda/attention_kernels.cu -o /tmp/ak.o -Xptxas -v 2>&1 | grep -c "Potential Performance Loss" | xargs echo "ptxas wgmma serialization warnings (C7511/C7512/C7520):"
 echo "built at ${SECONDS}s"
 if [ -n "$base_rev" ]; then

@@ -64,10 +64,10 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Tensor map over one of q/k/v [B][H][tokens][D] (strides in elements) with 64-token x 64-column
+// Tensor map over one of q/k/v/o [B][H][tokens][D] (strides in elements) with 64-token x 64-column
 // boxes in the 128-byte swizzle the wgmma descriptors expect. False when TMA cannot describe it
 // (strides not multiples of 16 bytes, misaligned base): the caller falls back.
-bool encode_kv_map(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim,
+bool encode_tile_map(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim,
                    const FwdParams& f, int batch, int64_t bs, int64_t hs, int64_t rs) {
   const auto encode = tensor_map_encoder();
   if (!encode) return false;
@@ -86,9 +86,10 @@ template <int D, class T>
 cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t stream) {
   constexpr auto type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
                                                   : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  CUtensorMap tm_k{}, tm_v{};
-  if (!encode_kv_map(&tm_k, f.k, type, D, f, batch, f.k_bs, f.k_hs, f.k_rs) ||
-      !encode_kv_map(&tm_v, f.v, type, D, f, batch, f.v_bs, f.v_hs, f.v_rs))
+  CUtensorMap tm_k{}, tm_v{}, tm_o{};
+  if (!encode_tile_map(&tm_k, f.k, type, D, f, batch, f.k_bs, f.k_hs, f.k_rs) ||
+      !encode_tile_map(&tm_v, f.v, type, D, f, batch, f.v_bs, f.v_hs, f.v_rs) ||
+      !encode_tile_map(&tm_o, f.o, type, D, f, batch, f.o_bs, f.o_hs, f.o_rs))
     return cudaErrorNotSupported;
   constexpr int smem = WsConfig<D>::kSmemBytes;
   const auto launch = [&]<bool kOverlap>(std::bool_constant<kOverlap>) {
@@ -125,7 +126,8 @@ cudaError_t launch_sm90_ws(const FwdParams& f, int batch, int ctas, cudaStream_t
     const WsTail tail{split.whole, split.parts, part_o, part_o + rows * D};
     err = cudaMemsetAsync(taken, 0, sizeof(unsigned), stream);
     if (err == cudaSuccess) {
-      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, units, taken, tail);
+      kernel<<<grid, WsConfig<D>::kThreads, smem, stream>>>(f, tm_k, tm_v, tm_o, units, taken,
+                                                             tail);
       err = cudaGetLastError();
     }
     if (err == cudaSuccess && split_items > 0) {

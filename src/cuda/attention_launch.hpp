@@ -73,7 +73,7 @@ constexpr TailSplit plan_tail_split(int items, int ctas, int key_blocks) {
 
 // Warp-specialised Hopper kernel (TMA producer + two wgmma consumer warpgroups; same availability
 // as the sm90 kernel), a persistent grid of at most `ctas` CTAs (one an SM fills the GPU), with
-// plan_tail_split's last round. cudaErrorNotSupported when TMA cannot describe q/k/v's strides.
+// plan_tail_split's last round. cudaErrorNotSupported when TMA cannot describe q/k/v/o's strides.
 cudaError_t launch_attention_sm90_ws(const FwdParams& f, Elem elem, int head_dim, int batch,
                                      int ctas, cudaStream_t stream);
 cudaError_t launch_fill_uniform(void* dst, Elem elem, size_t n, uint64_t seed, float lo, float hi);

@@ -236,6 +236,24 @@ __device__ __forceinline__ void attend_key_blocks(float (&acc)[D / 2], float (&r
   fence_operands(acc);
 }
 
+// The scales that normalise this thread's two output rows, r_lo and r_lo + 8 of the warpgroup's
+// 64 (1 / row sum; 0 for rows past `valid` and rows that saw no key), once the quad's row sums
+// are added up; their log-sum-exps (-inf for those rows) go to lse_block when it is given.
+__device__ __forceinline__ void finish_rows(float (&inv)[2], float* lse_block,
+                                            const float (&row_max)[2], float (&row_sum)[2],
+                                            int valid, float scale, int warp_in_group, int lane) {
+  const int r_lo = warp_in_group * 16 + (lane >> 2);
+  quad_sum(row_sum);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = r_lo + i * 8;
+    const bool live = r < valid && row_sum[i] > 0.f;
+    inv[i] = live ? 1.f / row_sum[i] : 0.f;
+    if (lse_block && (lane & 3) == 0)
+      lse_block[r] = live ? row_max[i] * scale + logf(row_sum[i]) : -INFINITY;
+  }
+}
+
 // Normalises and writes this warpgroup's 64 output rows (rows past `valid` and rows that saw no
 // key are zero; their lse is -inf).
 template <int D, class T>
@@ -243,18 +261,16 @@ __device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_bl
                                            const float (&acc)[D / 2], const float (&row_max)[2],
                                            float (&row_sum)[2], int valid, float scale,
                                            int warp_in_group, int lane) {
+  float inv[2];
+  finish_rows(inv, lse_block, row_max, row_sum, valid, scale, warp_in_group, lane);
   const int r_lo = warp_in_group * 16 + (lane >> 2);
-  quad_sum(row_sum);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int r = r_lo + i * 8;
-    const bool live = r < valid && row_sum[i] > 0.f;
-    const float inv = live ? 1.f / row_sum[i] : 0.f;
-    T* orow = o_block + r * rs;
+    T* orow = o_block + (r_lo + i * 8) * rs;
 #pragma unroll
     for (int c = 0; c < D / 8; ++c) {
       const int col = c * 8 + (lane & 3) * 2;
-      const float lo = acc[c * 4 + 2 * i] * inv, hi = acc[c * 4 + 2 * i + 1] * inv;
+      const float lo = acc[c * 4 + 2 * i] * inv[i], hi = acc[c * 4 + 2 * i + 1] * inv[i];
       // Streaming stores (evict first): O is not read again, so it should not push K / V
       // out of L2. fp32 rows: the warp-specialised kernel's partial outputs.
       if constexpr (std::is_same_v<T, float>) {
@@ -263,8 +279,6 @@ __device__ __forceinline__ void store_rows(T* o_block, int64_t rs, float* lse_bl
         __stcs(reinterpret_cast<unsigned*>(orow + col), ElemTraits<T>::pack(lo, hi));
       }
     }
-    if (lse_block && (lane & 3) == 0)
-      lse_block[r] = live ? row_max[i] * scale + logf(row_sum[i]) : -INFINITY;
   }
 }
 

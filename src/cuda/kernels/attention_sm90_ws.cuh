@@ -32,6 +32,11 @@
 // each over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
 // merge_tail_parts_kernel combines them. Only the producer's key stream and the consumers' output
 // address differ for a unit.
+// Outputs: a warpgroup normalises its 64 rows into its Q slot (stmatrix), and one of its threads
+// stores them with TMA (one bulk copy per 64 columns instead of 32 four-byte stores a thread,
+// which the next item's Q copy queued behind): 1.03-1.04x at wan14b-720p 5%, 1.00-1.11x at
+// wan1.3b-480p 5%, up to 1.07x at 4x4x8 tiles, dense level (0.98-1.02x; an H100 and an H200,
+// fifteenth session).
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
 // TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
@@ -63,7 +68,9 @@
 // under its last P V and O stores (level at 5%: the wait moved to the item's end; 0.97x dense)
 // (eleventh session); an empty stage before an item that would start at an odd stage, so that
 // no 128-key step meets the ring's wrap (level with v23); Q in registers for the overlapped
-// steps too, S as an m64n128k16 chain with A from registers (0.96-1.01x) (fourteenth session).
+// steps too, S as an m64n128k16 chain with A from registers (0.96-1.01x) (fourteenth session);
+// the next item's Q by TMA, issued by the thread that stores O once the store has read the slot,
+// in place of the consumers' copy (0.93-0.99x of the TMA output store alone) (fifteenth session).
 #pragma once
 #include <cuda.h>
 
@@ -252,6 +259,29 @@ __device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
   return it;
 }
 
+// This warpgroup's 64 output rows, normalised by finish_rows' scales, into a 64-row tile of shared
+// memory in the K tiles' layout ([D / 64][64 rows][128 bytes], 128-byte swizzle: the TMA maps'
+// boxes), from which TMA stores them: 8 stmatrix a thread (four 8x8 blocks each: two column
+// chunks of both of its rows) instead of 32 four-byte global stores.
+template <int D, class T>
+__device__ __forceinline__ void stage_rows(uint32_t tile, const float (&acc)[D / 2],
+                                           const float (&inv)[2], int warp_in_group, int lane) {
+  // Lane l addresses row l & 15 of the warp's 16 in stmatrix_x4's matrix k = l / 8, which holds
+  // rows 8 (k & 1) to 8 (k & 1) + 7 of column chunk c + k / 2.
+  const uint32_t row_addr = tile + uint32_t(warp_in_group * 16 + (lane & 15)) * 128;
+  const int second_chunk = lane >> 4;
+#pragma unroll
+  for (int c = 0; c < D / 8; c += 2) {
+    uint32_t r[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int j = (c + k / 2) * 4 + 2 * (k & 1);
+      r[k] = ElemTraits<T>::pack(acc[j] * inv[k & 1], acc[j + 1] * inv[k & 1]);
+    }
+    stmatrix_x4(row_addr + (c >> 3) * 8192 + ((((c & 7) | second_chunk) ^ (lane & 7)) << 4), r);
+  }
+}
+
 // kOverlap: FlashAttention-3's intra-warpgroup overlap with Q in shared memory (128-token tiles,
 // where a warpgroup's steps mostly follow each other); otherwise Q stays in registers and a step
 // issues its own P V at its end (64-token tiles: the two query blocks' lists interleave, so a step
@@ -261,7 +291,8 @@ template <int D, class T, bool kOverlap>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_sm90_ws_kernel(const __grid_constant__ FwdParams p,
                                  const __grid_constant__ CUtensorMap tm_k,
-                                 const __grid_constant__ CUtensorMap tm_v, int num_units,
+                                 const __grid_constant__ CUtensorMap tm_v,
+                                 const __grid_constant__ CUtensorMap tm_o, int num_units,
                                  unsigned* units_taken, const WsTail tail) {
   using C = WsConfig<D>;
   using Ring = RingPos<C::kStages>;
@@ -358,6 +389,8 @@ __global__ void __launch_bounds__(384, 1)
   // (descriptors) can live in uniform registers.
   const int c = __shfl_sync(0xffffffffu, warp >> 2, 0);
   const uint32_t my_bit = 1u << c;
+  const uint32_t my_slot = q_smem + c * C::kTileBytes;  // its Q block, then its output rows
+  const bool o_storer = (threadIdx.x & 127) == 0;        // issues the warpgroup's O stores
   float acc[D / 2];
   float row_max[2], row_sum[2];
   setmaxnreg_inc<C::kConsumerRegs>();
@@ -529,13 +562,15 @@ __global__ void __launch_bounds__(384, 1)
                     int64_t(my_qb) * 64 * p.q_rs;
     if constexpr (!kOverlap) {
       load_q_fragments<D, T>(q_frag, my_q, p.q_rs, my_valid, warp & 3, lane);
-    } else {  // this warpgroup's Q block into shared memory (rows past the valid count
-              // zero-filled) by its 128 threads, once all four warps have waited for their S of
-              // the last item (a warp's wait covers its own wgmmas only; the barrier, all of
-              // them). Visible to wgmma after the async-proxy fence and the second barrier.
+    } else {  // this warpgroup's Q block into its slot (rows past the valid count zero-filled)
+              // by its 128 threads, once the last item's O store has read the slot and all four
+              // warps have waited for their S of the last item (a warp's wait covers its own
+              // wgmmas only; the barrier, all of them). Visible to wgmma after the async-proxy
+              // fence and the second barrier.
+      if (o_storer) bulk_wait_group_read<0>();
       named_bar_sync(3 + c, 128);
       const CopyPlan90<D, 128> plan(threadIdx.x & 127);
-      plan.template load<64>(q_smem + c * C::kTileBytes, my_q, p.q_rs, my_valid, 0);
+      plan.template load<64>(my_slot, my_q, p.q_rs, my_valid, 0);
       cp_async_commit();
       cp_async_wait<0>();
       fence_proxy_async_smem();
@@ -583,12 +618,24 @@ __global__ void __launch_bounds__(384, 1)
     settle_in_flight();
 
     if (my_qb >= p.num_q_blocks) continue;
-    if (w < tail.whole) {
-      T* o_bh = static_cast<T*>(p.o) + it.b * p.o_bs + it.h * p.o_hs;
+    if (w < tail.whole) {  // O through the warpgroup's Q slot and a TMA store
       float* lse_bh = p.lse ? p.lse + (int64_t(it.b) * p.heads + it.h) * p.tokens : nullptr;
-      const int64_t token0 = int64_t(my_qb) * 64;
-      store_rows<D, T>(o_bh + token0 * p.o_rs, p.o_rs, lse_bh ? lse_bh + token0 : nullptr, acc,
-                       row_max, row_sum, my_valid, p.scale, warp & 3, lane);
+      float inv[2];
+      finish_rows(inv, lse_bh ? lse_bh + int64_t(my_qb) * 64 : nullptr, row_max, row_sum,
+                  my_valid, p.scale, warp & 3, lane);
+      // The slot is free once the last O store has read it and every warp's S has read Q.
+      if (o_storer) bulk_wait_group_read<0>();
+      named_bar_sync(3 + c, 128);
+      stage_rows<D, T>(my_slot, acc, inv, warp & 3, lane);
+      fence_proxy_async_smem();
+      named_bar_sync(3 + c, 128);
+      if (o_storer) {
+#pragma unroll
+        for (int cb = 0; cb < D / 64; ++cb)
+          tma_store_4d(&tm_o, my_slot + cb * C::kBlockBytes, cb * 64, my_qb * 64, it.h, it.b,
+                       kL2EvictFirst);  // not read again: K / V keep L2
+        bulk_commit_group();
+      }
     } else {  // a part of a tail item: fp32 rows for the merge
       const int64_t row0 = int64_t(w - tail.whole) * 128 + c * 64;
       store_rows<D, float>(tail.o + row0 * D, D, tail.lse + row0, acc, row_max, row_sum,
@@ -596,6 +643,7 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
+  if (o_storer) bulk_wait_group_read<0>();  // the slot stays until the last O store has read it
 }
 
 // The tail items' outputs from their parts: per row, lse = log sum_i e^lse_i and O = sum_i

@@ -1,6 +1,6 @@
 // Hopper asynchronous-copy primitives: mbarrier (shared-memory transaction barriers), TMA tile
-// loads (cp.async.bulk.tensor), and warpgroup register reallocation (setmaxnreg). sm_90a only;
-// other targets get empty bodies (the kernels using them are never launched there).
+// loads and stores (cp.async.bulk.tensor), and warpgroup register reallocation (setmaxnreg).
+// sm_90a only; other targets get empty bodies (the kernels using them are never launched there).
 #pragma once
 #include <cstdint>
 
@@ -62,6 +62,43 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar),
       "l"(l2_policy)
       : "memory");
+#endif
+}
+// Four 8x8 matrices of 16-bit elements to shared memory, matrix k from register r[k] of every
+// lane in the mma accumulator layout (lane t: row t / 4, columns 2 (t % 4) and + 1, the lower
+// column in the low half); lane l gives the address of row l % 8 of matrix l / 8 (16 bytes).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4]) {
+#if VEDA_SM90A
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
+}
+// One TMA box from shared memory to a rank-4 tensor map's tensor (its writes past the tensor's
+// bounds dropped), in this thread's current bulk async-group; L2 keeps the lines with `l2_policy`.
+// The shared memory must have been written before a fence.proxy.async and a barrier.
+__device__ __forceinline__ void tma_store_4d(const void* tensor_map, uint32_t src, int c0, int c1,
+                                             int c2, int c3, uint64_t l2_policy) {
+#if VEDA_SM90A
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group.L2::cache_hint"
+      " [%0, {%2, %3, %4, %5}], [%1], %6;\n" ::"l"(reinterpret_cast<uint64_t>(tensor_map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(l2_policy)
+      : "memory");
+#endif
+}
+// Closes this thread's bulk async-group (the TMA stores issued since the last commit).
+__device__ __forceinline__ void bulk_commit_group() {
+#if VEDA_SM90A
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's bulk async-groups still read their shared memory (their
+// global writes may still be in flight: the source may be overwritten, nothing more).
+template <int N>
+__device__ __forceinline__ void bulk_wait_group_read() {
+#if VEDA_SM90A
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
 #endif
 }
 __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) {
