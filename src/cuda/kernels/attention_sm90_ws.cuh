@@ -32,11 +32,14 @@
 // each over a run of their key tiles; the units store fp32 rows with their log-sum-exp and
 // merge_tail_parts_kernel combines them. Only the producer's key stream and the consumers' output
 // address differ for a unit.
-// Outputs: a warpgroup normalises its 64 rows into its Q slot (stmatrix), and one of its threads
-// stores them with TMA (one bulk copy per 64 columns instead of 32 four-byte stores a thread,
-// which the next item's Q copy queued behind): 1.03-1.04x at wan14b-720p 5%, 1.00-1.11x at
-// wan1.3b-480p 5%, up to 1.07x at 4x4x8 tiles, dense level (0.98-1.02x; an H100 and an H200,
-// fifteenth session).
+// Outputs: the stage that ends an item (kEnd) carries no K / V, so the consumers keep it until
+// their rows are out: each warpgroup normalises its 64 rows into one of its tiles (warpgroup 0
+// the V tile, 1 the K tile; stmatrix), and one of its threads stores them with TMA (one bulk copy
+// per 64 columns instead of 32 four-byte stores a thread, which the next item's Q copy queued
+// behind: v24, 1.03-1.04x at wan14b-720p 5%, dense level, an H100 and an H200). With the slot
+// no longer needed for them, the next item's Q copy starts as soon as the item's last S is done
+// and runs under its last P V and output store (v25: 1.02-1.03x at wan14b 5%, 1.03-1.05x at 3%,
+// dense 0.99x, H100) (fifteenth session).
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
 // TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
@@ -260,12 +263,13 @@ __device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
 }
 
 // This warpgroup's 64 output rows, normalised by finish_rows' scales, into a 64-row tile of shared
-// memory in the K tiles' layout ([D / 64][64 rows][128 bytes], 128-byte swizzle: the TMA maps'
-// boxes), from which TMA stores them: 8 stmatrix a thread (four 8x8 blocks each: two column
+// memory in the K / V tiles' layout (D / 64 column blocks `block_stride` bytes apart, each [64
+// rows][128 bytes] in the 128-byte swizzle: the TMA maps' boxes), from which TMA stores them: 8 stmatrix a thread (four 8x8 blocks each: two column
 // chunks of both of its rows) instead of 32 four-byte global stores.
 template <int D, class T>
-__device__ __forceinline__ void stage_rows(uint32_t tile, const float (&acc)[D / 2],
-                                           const float (&inv)[2], int warp_in_group, int lane) {
+__device__ __forceinline__ void stage_rows(uint32_t tile, uint32_t block_stride,
+                                           const float (&acc)[D / 2], const float (&inv)[2],
+                                           int warp_in_group, int lane) {
   // Lane l addresses row l & 15 of the warp's 16 in stmatrix_x4's matrix k = l / 8, which holds
   // rows 8 (k & 1) to 8 (k & 1) + 7 of column chunk c + k / 2.
   const uint32_t row_addr = tile + uint32_t(warp_in_group * 16 + (lane & 15)) * 128;
@@ -278,7 +282,8 @@ __device__ __forceinline__ void stage_rows(uint32_t tile, const float (&acc)[D /
       const int j = (c + k / 2) * 4 + 2 * (k & 1);
       r[k] = ElemTraits<T>::pack(acc[j] * inv[k & 1], acc[j + 1] * inv[k & 1]);
     }
-    stmatrix_x4(row_addr + (c >> 3) * 8192 + ((((c & 7) | second_chunk) ^ (lane & 7)) << 4), r);
+    stmatrix_x4(row_addr + (c >> 3) * block_stride + ((((c & 7) | second_chunk) ^ (lane & 7)) << 4),
+                r);
   }
 }
 
@@ -320,7 +325,8 @@ __global__ void __launch_bounds__(384, 1)
   // grid go to whichever CTA asks first (`units_taken`, zeroed before the launch), so an SM that
   // runs faster takes more of them. The producer asks when it starts a unit, streams the units
   // back to back and ends each with a kEnd stage that carries the next unit's index to the
-  // consumers, so the next unit's K/V loads run under this one's last steps and output stores.
+  // consumers (and, until they release it, their output rows), so the next unit's K/V loads run
+  // under this one's last steps and output stores.
   if (warp >= 8) {  // producer warpgroup: one thread issues everything
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp != 8 || lane != 0) return;
@@ -389,7 +395,7 @@ __global__ void __launch_bounds__(384, 1)
   // (descriptors) can live in uniform registers.
   const int c = __shfl_sync(0xffffffffu, warp >> 2, 0);
   const uint32_t my_bit = 1u << c;
-  const uint32_t my_slot = q_smem + c * C::kTileBytes;  // its Q block, then its output rows
+  const uint32_t my_slot = q_smem + c * C::kTileBytes;  // its Q block (kOverlap)
   const bool o_storer = (threadIdx.x & 127) == 0;        // issues the warpgroup's O stores
   float acc[D / 2];
   float row_max[2], row_sum[2];
@@ -438,7 +444,9 @@ __global__ void __launch_bounds__(384, 1)
   // Deadlock bound: a warpgroup waits on stages at most 4 past its first held one (kOverlap: a held
   // pair a, a+1, a+2 not its own, then a pair a+3, a+4), 3 without kOverlap; the producer can fill
   // up to kStages - 1 past it. (With 128-token tiles both query blocks share one key list, so a
-  // stage that is not a warpgroup's own only comes to one whose block holds no tokens.)
+  // stage that is not a warpgroup's own only comes to one whose block holds no tokens.) At an
+  // item's end a warpgroup holds the kEnd stage and its last step's stages while it stores its
+  // rows, and waits on no stage until it has released them.
   static_assert(C::kStages >= (kOverlap ? 5 : 4),
                 "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
@@ -554,24 +562,30 @@ __global__ void __launch_bounds__(384, 1)
   // both), so they are opened once, before the first item, and closed after the last: per item,
   // a warpgroup could run whole short items ahead of the other and arrive twice on barrier 1.
   if (c == 1) named_bar_arrive(1, 256);  // warpgroup 0 takes the first softmax turn
+  // With kOverlap, this warpgroup's Q block of an item goes into its slot (rows past the valid
+  // count zero-filled) by its 128 threads: the first item's here, each next one's as soon as the
+  // last S of the item before it is done (its output rows do not need the slot: they are staged
+  // in the item's end stage), so the copy runs under that item's last P V and output store.
+  // Visible to wgmma after the wait, the async-proxy fence and the warpgroup barrier at the item's
+  // start.
+  const auto copy_q = [&](const WsItem& item) {
+    const int qb = item.x * 2 + c;
+    const T* q = static_cast<const T*>(p.q) + item.b * p.q_bs + item.h * p.q_hs +
+                 int64_t(qb) * 64 * p.q_rs;
+    const CopyPlan90<D, 128> plan(threadIdx.x & 127);
+    plan.template load<64>(my_slot, q, p.q_rs, c ? item.q_valid[1] : item.q_valid[0], 0);
+    cp_async_commit();
+  };
+  WsItem it = ws_item(p, ws_unit(tail, blockIdx.x).item);
+  if constexpr (kOverlap) copy_q(it);
   for (int w = blockIdx.x, next_w = num_units; w < num_units; w = next_w) {
-    const WsItem it = ws_item(p, ws_unit(tail, w).item);
     const int my_qb = it.x * 2 + c;
     const int my_valid = c ? it.q_valid[1] : it.q_valid[0];
-    const T* my_q = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs +
-                    int64_t(my_qb) * 64 * p.q_rs;
     if constexpr (!kOverlap) {
+      const T* my_q = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs +
+                      int64_t(my_qb) * 64 * p.q_rs;
       load_q_fragments<D, T>(q_frag, my_q, p.q_rs, my_valid, warp & 3, lane);
-    } else {  // this warpgroup's Q block into its slot (rows past the valid count zero-filled)
-              // by its 128 threads, once the last item's O store has read the slot and all four
-              // warps have waited for their S of the last item (a warp's wait covers its own
-              // wgmmas only; the barrier, all of them). Visible to wgmma after the async-proxy
-              // fence and the second barrier.
-      if (o_storer) bulk_wait_group_read<0>();
-      named_bar_sync(3 + c, 128);
-      const CopyPlan90<D, 128> plan(threadIdx.x & 127);
-      plan.template load<64>(my_slot, my_q, p.q_rs, my_valid, 0);
-      cp_async_commit();
+    } else {
       cp_async_wait<0>();
       fence_proxy_async_smem();
       named_bar_sync(3 + c, 128);
@@ -581,11 +595,12 @@ __global__ void __launch_bounds__(384, 1)
     row_max[0] = row_max[1] = -INFINITY;
     row_sum[0] = row_sum[1] = 0.f;
 
+    Ring end;  // the item's last stage: no K / V, held for the output rows until they are stored
     while (true) {
       const uint32_t word = look(at);
-      if (word & C::kEnd) {  // the item's last stage: no data, the next item's index
+      if (word & C::kEnd) {  // the next unit's index
         next_w = int(word & ~C::kEnd);
-        release(at);
+        end = at;
         at.advance();
         break;
       }
@@ -613,37 +628,49 @@ __global__ void __launch_bounds__(384, 1)
       }
       at.advance();
     }
+    const WsItem item = it;
+    if (next_w < num_units) {
+      it = ws_item(p, ws_unit(tail, next_w).item);
+      if constexpr (kOverlap) {  // every warp's S has read Q (a warp's wait covers its own
+                                 // wgmmas only; the barrier, all of them)
+        named_bar_sync(3 + c, 128);
+        copy_q(it);
+      }
+    }
     issue_prev_pv();
     wgmma_wait<0>();
     settle_in_flight();
 
-    if (my_qb >= p.num_q_blocks) continue;
-    if (w < tail.whole) {  // O through the warpgroup's Q slot and a TMA store
-      float* lse_bh = p.lse ? p.lse + (int64_t(it.b) * p.heads + it.h) * p.tokens : nullptr;
+    if (my_qb < p.num_q_blocks && w < tail.whole) {
+      // O through the end stage (warpgroup 0 in its V tile, 1 in its K tile) and a TMA store.
+      const uint32_t tile = c ? ring + end.stage * C::kBlockBytes
+                              : ring + C::kVOffset + end.stage * C::kTileBytes;
+      const uint32_t block_stride = c ? C::kKChunkBytes : C::kBlockBytes;
+      float* lse_bh =
+          p.lse ? p.lse + (int64_t(item.b) * p.heads + item.h) * p.tokens : nullptr;
       float inv[2];
       finish_rows(inv, lse_bh ? lse_bh + int64_t(my_qb) * 64 : nullptr, row_max, row_sum,
                   my_valid, p.scale, warp & 3, lane);
-      // The slot is free once the last O store has read it and every warp's S has read Q.
-      if (o_storer) bulk_wait_group_read<0>();
-      named_bar_sync(3 + c, 128);
-      stage_rows<D, T>(my_slot, acc, inv, warp & 3, lane);
+      stage_rows<D, T>(tile, block_stride, acc, inv, warp & 3, lane);
       fence_proxy_async_smem();
       named_bar_sync(3 + c, 128);
       if (o_storer) {
 #pragma unroll
         for (int cb = 0; cb < D / 64; ++cb)
-          tma_store_4d(&tm_o, my_slot + cb * C::kBlockBytes, cb * 64, my_qb * 64, it.h, it.b,
+          tma_store_4d(&tm_o, tile + cb * block_stride, cb * 64, my_qb * 64, item.h, item.b,
                        kL2EvictFirst);  // not read again: K / V keep L2
         bulk_commit_group();
+        bulk_wait_group_read<0>();  // before the stage goes back to the producer
       }
-    } else {  // a part of a tail item: fp32 rows for the merge
+      named_bar_sync(3 + c, 128);
+    } else if (my_qb < p.num_q_blocks) {  // a part of a tail item: fp32 rows for the merge
       const int64_t row0 = int64_t(w - tail.whole) * 128 + c * 64;
       store_rows<D, float>(tail.o + row0 * D, D, tail.lse + row0, acc, row_max, row_sum,
                            my_valid, p.scale, warp & 3, lane);
     }
+    release(end);
   }
   if (c == 0) named_bar_sync(1, 256);  // warpgroup 1's arrival after the last turn
-  if (o_storer) bulk_wait_group_read<0>();  // the slot stays until the last O store has read it
 }
 
 // The tail items' outputs from their parts: per row, lse = log sum_i e^lse_i and O = sum_i
