@@ -39,7 +39,8 @@
 // behind: v24, 1.03-1.04x at wan14b-720p 5%, dense level, an H100 and an H200). With the slot
 // no longer needed for them, the next item's Q copy starts as soon as the item's last S is done
 // and runs under its last P V and output store (v25: 1.02-1.03x at wan14b 5%, 1.03-1.05x at 3%,
-// dense 0.99x, H100) (fifteenth session).
+// dense 0.99x, H100); that P V is issued before the next item's setup and Q copy (v26: 5% 1.03x
+// median of five rounds, 3% 1.03-1.05x, dense level) (fifteenth session).
 // For each item the producer walks the union of the two blocks' key lists (both ascending: the
 // TileMask contract) and tags each stage with the consumers that need it, so a key block in
 // both lists (dense mode, 128-token tiles, overlapping neighbours) is loaded once for 128 rows,
@@ -337,8 +338,8 @@ __global__ void __launch_bounds__(384, 1)
     __shared__ int next_unit;
     for (int w = blockIdx.x; w < num_units; w = next_unit) {
       next_unit = int(gridDim.x + atomicAdd(units_taken, 1u));
-      // The next item's Q rows into L2 (when contiguous), so that the consumers' copy of them
-      // after this item's output stores does not wait on device memory.
+      // The next item's Q rows into L2 (when contiguous), so that the consumers' copy of them at
+      // this item's end does not wait on device memory.
       if (next_unit < num_units && p.q_rs == D) {
         const WsItemPos pos = ws_item_pos(p, ws_unit(tail, next_unit).item);
         const int rows = min(128, (p.num_q_blocks - 2 * pos.x) * 64);
@@ -445,8 +446,8 @@ __global__ void __launch_bounds__(384, 1)
   // pair a, a+1, a+2 not its own, then a pair a+3, a+4), 3 without kOverlap; the producer can fill
   // up to kStages - 1 past it. (With 128-token tiles both query blocks share one key list, so a
   // stage that is not a warpgroup's own only comes to one whose block holds no tokens.) At an
-  // item's end a warpgroup holds the kEnd stage and its last step's stages while it stores its
-  // rows, and waits on no stage until it has released them.
+  // item's end a warpgroup holds the kEnd stage (and its last step's, until that P V is done)
+  // while it stores its rows, and waits on no stage until it has released it.
   static_assert(C::kStages >= (kOverlap ? 5 : 4),
                 "held stages and the next step's fit in the ring");
   uint32_t p_prev[2][4][4];  // P of the step whose P V is not issued yet
@@ -628,6 +629,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       at.advance();
     }
+    issue_prev_pv();  // first: it needs no Q, and the next item's setup runs under it
     const WsItem item = it;
     if (next_w < num_units) {
       it = ws_item(p, ws_unit(tail, next_w).item);
@@ -637,7 +639,6 @@ __global__ void __launch_bounds__(384, 1)
         copy_q(it);
       }
     }
-    issue_prev_pv();
     wgmma_wait<0>();
     settle_in_flight();
 
