@@ -68,7 +68,7 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // boxes in the 128-byte swizzle the wgmma descriptors expect. False when TMA cannot describe it
 // (strides not multiples of 16 bytes, misaligned base): the caller falls back.
 bool encode_tile_map(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim,
-                   const FwdParams& f, int batch, int64_t bs, int64_t hs, int64_t rs) {
+                     const FwdParams& f, int batch, int64_t bs, int64_t hs, int64_t rs) {
   const auto encode = tensor_map_encoder();
   if (!encode) return false;
   const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(f.tokens), cuuint64_t(f.heads),

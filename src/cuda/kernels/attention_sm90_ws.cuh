@@ -265,8 +265,9 @@ __device__ __forceinline__ WsItem ws_item(const FwdParams& p, int w) {
 
 // This warpgroup's 64 output rows, normalised by finish_rows' scales, into a 64-row tile of shared
 // memory in the K / V tiles' layout (D / 64 column blocks `block_stride` bytes apart, each [64
-// rows][128 bytes] in the 128-byte swizzle: the TMA maps' boxes), from which TMA stores them: 8 stmatrix a thread (four 8x8 blocks each: two column
-// chunks of both of its rows) instead of 32 four-byte global stores.
+// rows][128 bytes] in the 128-byte swizzle: the TMA maps' boxes), from which TMA stores them: 8
+// stmatrix a thread (four 8x8 blocks each: two column chunks of both of its rows) instead of 32
+// four-byte global stores.
 template <int D, class T>
 __device__ __forceinline__ void stage_rows(uint32_t tile, uint32_t block_stride,
                                            const float (&acc)[D / 2], const float (&inv)[2],
@@ -630,7 +631,7 @@ __global__ void __launch_bounds__(384, 1)
       at.advance();
     }
     issue_prev_pv();  // first: it needs no Q, and the next item's setup runs under it
-    const WsItem item = it;
+    const WsItem item = it;  // `it` becomes the next item below
     if (next_w < num_units) {
       it = ws_item(p, ws_unit(tail, next_w).item);
       if constexpr (kOverlap) {  // every warp's S has read Q (a warp's wait covers its own

@@ -194,6 +194,7 @@ __device__ __forceinline__ void wgmma_ss_s<64, __half>(float (&d)[32], uint64_t 
   __trap();
 #endif
 }
+
 template <>
 __device__ __forceinline__ void wgmma_ss_s<128, __nv_bfloat16>(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
                                                    int scale_d) {
@@ -221,4 +222,5 @@ __device__ __forceinline__ void wgmma_ss_s<128, __half>(float (&d)[64], uint64_t
   __trap();
 #endif
 }
+
 }  // namespace veda::cuda
