@@ -78,7 +78,9 @@
 // the next item's Q loaded by the producer's TMA into the item's end stage and moved from there
 // into the slot (5% 1.015x, dense 0.99x: the reassigned registers); each unit's walk of a
 // shared key list rotated by its index modulo the grid, so that the running CTAs visit the same
-// keys at once (L2 hit 67% -> 70% at wan14b 5%, no fewer cycles) (sixteenth session).
+// keys at once (L2 hit 67% -> 70% at wan14b 5%, no fewer cycles); on top of the first, items
+// overlapped (an item's last P V issued in the next item's first step, after its S, and the rows
+// stored once it is done): 5% 0.91-0.95x, dense 0.93-0.94x (sixteenth session).
 #pragma once
 #include <cuda.h>
 
