@@ -577,9 +577,7 @@ __global__ void __launch_bounds__(384, 1)
   // Visible to wgmma after the wait, the async-proxy fence and the warpgroup barrier at the item's
   // start.
   const auto copy_q = [&](const WsItem& item) {
-    const int qb = item.x * 2 + c;
-    const T* q = static_cast<const T*>(p.q) + item.b * p.q_bs + item.h * p.q_hs +
-                 int64_t(qb) * 64 * p.q_rs;
+    const T* q = ws_item_q<T>(p, item) + int64_t(c) * 64 * p.q_rs;
     const CopyPlan90<D, 128> plan(threadIdx.x & 127);
     plan.template load<64>(my_slot, q, p.q_rs, c ? item.q_valid[1] : item.q_valid[0], 0);
     cp_async_commit();
@@ -590,8 +588,7 @@ __global__ void __launch_bounds__(384, 1)
     const int my_qb = it.x * 2 + c;
     const int my_valid = c ? it.q_valid[1] : it.q_valid[0];
     if constexpr (!kOverlap) {
-      const T* my_q = static_cast<const T*>(p.q) + it.b * p.q_bs + it.h * p.q_hs +
-                      int64_t(my_qb) * 64 * p.q_rs;
+      const T* my_q = ws_item_q<T>(p, it) + int64_t(c) * 64 * p.q_rs;
       load_q_fragments<D, T>(q_frag, my_q, p.q_rs, my_valid, warp & 3, lane);
     } else {
       cp_async_wait<0>();
